@@ -1,0 +1,338 @@
+"""The MSAF network (Su et al., "Motion-state Alignment for Video Semantic Segmentation", §3).
+
+Data flow for one clip (frames t-2, t-1, t), with d = ``cfg.dim`` and (h, w) = (H/8, W/8)::
+
+    frame (B,3,H,W) ──backbone──► F3 (B,C3,h,w), F4 (B,C4,h,w), F5 (B,C5,h,w)   [one pass/frame]
+    F5 ──reduce (1×1 conv)──► X (B,d,h,w)                                      [cached per frame]
+
+    Motion alignment (decoupled transformer)
+      PST:  D^{t-2} = US×4(MHSA(DS×4 X^{t-2})),  D^{t-1} = US×2(MHSA(DS×2 X^{t-1})),
+            D^t = MHSA(X^t)                                                    (B,d,h,w) each
+      ATT:  A^{t-k} = DCN^{t-k}(D^{t-k}; offsets from [D^{t-k}, D^t])          (B,d,h,w)
+            [A^{t-2}, A^{t-1}, D^t] per pixel ──MHSA over 3 tokens──► M^{t-2}, M^{t-1}, M^t
+
+    State alignment:  [P3(F3), P4(F4), X^t, M^t] per pixel ──MHSA over 4 tokens──► (B,4d,h,w)
+                      ──conv3×3, conv1×1──► pixel descriptors P (B,d,h,w)
+                      ──1×1 classifier──► pixel logits (L_pd)
+
+    Semantic assignment: M^t ──conv3×3, conv1×1──► region logits M^t' (B,K,h,w)  (L_rd)
+                      R_k = Σ_p softmax_p(M^t'_k) · M^t_p, then a linear map  (B,K,d)
+                      logits_k = s · cos(P, R_k)                                (B,K,h,w)  (L_M)
+
+All logits are bilinearly upsampled to the input size. See docs/design.md for the readings of
+the paper chosen where it is vague.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from .backbone import DilatedResNet
+from .config import MSAFConfig
+
+
+# -------------------------------------------------------------------------------------------
+# Building blocks
+# -------------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    """Multi-head scaled dot-product self-attention over a token axis."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:  # x (N, L, d)
+        n, length, d = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, L, d/heads)
+        return self.proj(y.transpose(1, 2).reshape(n, length, d))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN block of Eq. (3): X' = Attn(LN(X)) + X;  Y = MLP(LN(X')) + X'."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = max(8, int(dim * mlp_ratio))
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, L, d)
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def sincos_pos_2d(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Fixed 2-D sine-cosine position code (h*w, dim): no parameters, any grid size."""
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    ys = torch.arange(h, device=device, dtype=torch.float32)[:, None] * omega  # (h, q)
+    xs = torch.arange(w, device=device, dtype=torch.float32)[:, None] * omega  # (w, q)
+    pe = torch.zeros(h, w, dim, device=device, dtype=torch.float32)
+    pe[:, :, 0:quarter] = ys.sin()[:, None, :]
+    pe[:, :, quarter:2 * quarter] = ys.cos()[:, None, :]
+    pe[:, :, 2 * quarter:3 * quarter] = xs.sin()[None, :, :]
+    pe[:, :, 3 * quarter:4 * quarter] = xs.cos()[None, :, :]
+    return pe.reshape(h * w, dim).to(dtype)
+
+
+def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+# -------------------------------------------------------------------------------------------
+# Motion alignment: the decoupled transformer
+# -------------------------------------------------------------------------------------------
+class PyramidSpatialTransformer(nn.Module):
+    """PST, Eq. (2): per-frame spatial MHSA, frame t-2 pooled ×4, t-1 ×2, t at full size.
+
+    Each frame role has its own block (the paper writes MHSA^{t-2}, MHSA^{t-1}, MHSA^t).
+    Down-sampling is average pooling, up-sampling bilinear back to the input grid.
+    """
+
+    ROLES = ("t-2", "t-1", "t")
+
+    def __init__(self, cfg: MSAFConfig) -> None:
+        super().__init__()
+        self.pool = dict(zip(self.ROLES, cfg.pst_pool))
+        self.blocks = nn.ModuleDict(
+            {r.replace("-", "m"): TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+             for r in self.ROLES})
+
+    def forward(self, x: Tensor, role: str) -> Tensor:  # x (B, d, h, w) → (B, d, h, w)
+        b, d, h, w = x.shape
+        p = self.pool[role]
+        y = F.avg_pool2d(x, p, p, ceil_mode=True) if p > 1 else x  # DS: (B, d, h/p, w/p)
+        hh, ww = y.shape[-2:]
+        tokens = y.flatten(2).transpose(1, 2) + sincos_pos_2d(hh, ww, d, x.device, x.dtype)
+        tokens = self.blocks[role.replace("-", "m")](tokens)        # MHSA_spa: (B, hh*ww, d)
+        y = tokens.transpose(1, 2).reshape(b, d, hh, ww)
+        if p > 1:                                                   # US back to (h, w)
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return y
+
+
+class DeformableAlign(nn.Module):
+    """Eq. (5): modulated deformable convolution (K×K) that aligns a neighbour frame to t.
+
+    Offsets and modulation masks are predicted from ``cat[neighbour, current]`` by a small
+    conv stack whose last layer starts at zero (EDVR), so alignment starts as a plain conv.
+    """
+
+    def __init__(self, dim: int, k: int, groups: int) -> None:
+        super().__init__()
+        self.k, self.groups = k, groups
+        self.offset_net = nn.Sequential(
+            nn.Conv2d(2 * dim, dim, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(dim, 3 * groups * k * k, 3, padding=1))
+        nn.init.zeros_(self.offset_net[-1].weight)
+        nn.init.zeros_(self.offset_net[-1].bias)
+        self.weight = nn.Parameter(torch.empty(dim, dim, k, k))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, neighbour: Tensor, current: Tensor) -> Tensor:  # (B, d, h, w) each
+        om = self.offset_net(torch.cat([neighbour, current], dim=1))  # (B, 3*g*k*k, h, w)
+        n_off = 2 * self.groups * self.k * self.k
+        offset, mask = om[:, :n_off], om[:, n_off:].sigmoid()
+        dtype = neighbour.dtype
+        if dtype in (torch.float16, torch.bfloat16) and neighbour.device.type == "cpu":
+            dtype = torch.float32  # torchvision's CPU kernel has no reduced-precision path
+        y = deform_conv2d(neighbour.to(dtype), offset.to(dtype), self.weight.to(dtype),
+                          self.bias.to(dtype), padding=self.k // 2, mask=mask.to(dtype))
+        return y.to(neighbour.dtype)
+
+
+class AlignedTemporalTransformer(nn.Module):
+    """ATT, Eq. (6): DCN-align t-2 and t-1 to t, then MHSA across the 3 frames at each pixel."""
+
+    def __init__(self, cfg: MSAFConfig) -> None:
+        super().__init__()
+        self.use_dcn = cfg.uses_dcn
+        if self.use_dcn:
+            self.align_tm2 = DeformableAlign(cfg.dim, cfg.dcn_kernel, cfg.dcn_groups)
+            self.align_tm1 = DeformableAlign(cfg.dim, cfg.dcn_kernel, cfg.dcn_groups)
+        self.time_embed = nn.Parameter(torch.zeros(3, cfg.dim))
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        self.block = TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+
+    def forward(self, d_tm2: Tensor, d_tm1: Tensor, d_t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        if self.use_dcn:
+            d_tm2 = self.align_tm2(d_tm2, d_t)
+            d_tm1 = self.align_tm1(d_tm1, d_t)
+        b, d, h, w = d_t.shape
+        x = torch.stack([d_tm2, d_tm1, d_t], dim=1)                   # (B, 3, d, h, w)
+        x = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, 3, d)        # (B*h*w, 3, d)
+        x = self.block(x + self.time_embed)                           # MHSA_tem over 3 tokens
+        x = x.reshape(b, h, w, 3, d).permute(3, 0, 4, 1, 2)          # (3, B, d, h, w)
+        return x[0], x[1], x[2]                                       # M^{t-2}, M^{t-1}, M^t
+
+
+class StageTransformer(nn.Module):
+    """S-Transformer, Eq. (9): MHSA across stage tokens at each pixel, then two convs → P."""
+
+    def __init__(self, cfg: MSAFConfig, n_tokens: int) -> None:
+        super().__init__()
+        self.n = n_tokens
+        self.stage_embed = nn.Parameter(torch.zeros(n_tokens, cfg.dim))
+        nn.init.trunc_normal_(self.stage_embed, std=0.02)
+        self.block = TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+
+    def forward(self, tokens: Sequence[Tensor]) -> Tensor:  # n × (B, d, h, w) → (B, n*d, h, w)
+        b, d, h, w = tokens[0].shape
+        x = torch.stack(list(tokens), dim=1).permute(0, 3, 4, 1, 2).reshape(b * h * w, self.n, d)
+        x = self.block(x + self.stage_embed)
+        return x.reshape(b, h, w, self.n * d).permute(0, 3, 1, 2)
+
+
+# -------------------------------------------------------------------------------------------
+# The network
+# -------------------------------------------------------------------------------------------
+class MSAF(nn.Module):
+    """Motion-state alignment network.
+
+    Forward contract
+    ----------------
+    ``forward(frames)``: ``frames`` float32 (B, 3, 3, H, W) = (batch, time, channel, H, W),
+    time ordered oldest to newest (t-2, t-1, t), channels RGB in [0, 1] then normalised with
+    ``cfg.mean`` / ``cfg.std``. H and W need not be multiples of 8. Returns a dict:
+
+    - ``'out'``: (B, K, H, W) logits of frame t at input resolution (argmax = prediction);
+    - in training mode also the auxiliary logits at input resolution that the losses
+      supervise: ``'aux_pixel'`` (pixel-descriptor classifier, L_pd) and ``'aux_region'``
+      (soft region mask M^t', L_rd), where the variant has them.
+
+    ``extract(frame)`` is the single backbone pass of one frame; ``head(x_tm2, x_tm1, cur)``
+    runs everything after it. ``forward`` is exactly ``head`` over three ``extract`` calls,
+    which is what the streaming :class:`~msaf_core.Segmenter` relies on.
+    """
+
+    def __init__(self, cfg: MSAFConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, k = cfg.dim, cfg.num_classes
+        self.backbone = DilatedResNet(cfg.backbone)
+        ch = self.backbone.channels
+        self.reduce = conv_bn_relu(ch["f5"], d, 1)  # X = reduce(F5): what frames share in time
+        if cfg.uses_motion or cfg.variant == "without_motion":
+            self.pst = PyramidSpatialTransformer(cfg)
+        if cfg.uses_motion:
+            self.att = AlignedTemporalTransformer(cfg)
+        has_m = cfg.variant != "state_only"
+        if cfg.uses_state or cfg.variant == "without_state":
+            self.proj3 = conv_bn_relu(ch["f3"], d, 1)
+            self.proj4 = conv_bn_relu(ch["f4"], d, 1)
+            n_tok = 4 if has_m else 3
+            if cfg.uses_state:
+                self.stage = StageTransformer(cfg, n_tok)
+            self.pixel_desc = nn.Sequential(conv_bn_relu(n_tok * d, d, 3), nn.Conv2d(d, d, 1))
+            self.pixel_cls = nn.Conv2d(d, k, 1)
+        if has_m:
+            self.region_head = nn.Sequential(conv_bn_relu(d, d, 3), nn.Conv2d(d, k, 1))
+        if cfg.uses_assignment:
+            self.region_proj = nn.Linear(d, d)
+            self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale)))
+
+    # -- one backbone pass --------------------------------------------------------------------
+    def extract(self, frame: Tensor) -> Dict[str, Tensor]:
+        """frame (B, 3, H, W) → {'x': reduce(F5) (B, d, h, w), 'f3', 'f4'} (F3/F4 only if used)."""
+        f = self.backbone(frame)
+        out = {"x": self.reduce(f["f5"])}
+        if hasattr(self, "proj3"):
+            out["f3"], out["f4"] = f["f3"], f["f4"]
+        return out
+
+    # -- everything after the backbone --------------------------------------------------------
+    def head(self, x_tm2: Optional[Tensor], x_tm1: Optional[Tensor], cur: Dict[str, Tensor],
+             out_size: Tuple[int, int]) -> Dict[str, Tensor]:
+        cfg = self.cfg
+        x_t = cur["x"]                                                  # (B, d, h, w)
+        m_t: Optional[Tensor] = None
+        if cfg.uses_motion:
+            assert x_tm2 is not None and x_tm1 is not None
+            d_t = self.pst(x_t, "t")
+            d_tm1 = self.pst(x_tm1, "t-1")
+            d_tm2 = self.pst(x_tm2, "t-2")
+            _, _, m_t = self.att(d_tm2, d_tm1, d_t)                     # M^t (B, d, h, w)
+        elif cfg.variant == "without_motion":
+            m_t = self.pst(x_t, "t")                                    # spatial only, no time
+
+        res: Dict[str, Tensor] = {}
+        pixel_logits = region_logits = p = None
+        if hasattr(self, "pixel_desc"):
+            toks = [self.proj3(cur["f3"]), self.proj4(cur["f4"]), x_t]
+            if m_t is not None:
+                toks.append(m_t)
+            s = self.stage(toks) if cfg.uses_state else torch.cat(toks, dim=1)  # (B, n*d, h, w)
+            p = self.pixel_desc(s)                                      # P (B, d, h, w)
+            pixel_logits = self.pixel_cls(p)                            # (B, K, h, w)
+        if m_t is not None:
+            region_logits = self.region_head(m_t)                       # M^t' (B, K, h, w)
+
+        if cfg.uses_assignment:
+            assert p is not None and region_logits is not None and m_t is not None
+            b, d, h, w = m_t.shape
+            attn = region_logits.flatten(2).softmax(dim=-1)             # (B, K, h*w)
+            regions = attn @ m_t.flatten(2).transpose(1, 2)             # R (B, K, d)
+            regions = F.normalize(self.region_proj(regions), dim=-1)
+            pix = F.normalize(p, dim=1).flatten(2)                      # (B, d, h*w)
+            logits = (regions @ pix).reshape(b, -1, h, w) * self.log_scale.exp()
+        elif cfg.variant == "without_semantics":
+            logits = 0.5 * (pixel_logits + region_logits)
+        elif cfg.variant == "motion_only":
+            logits = region_logits
+        else:  # state_only
+            logits = pixel_logits
+
+        up = lambda z: F.interpolate(z, size=out_size, mode="bilinear", align_corners=False)  # noqa: E731
+        res["out"] = up(logits)
+        if self.training:
+            if pixel_logits is not None and logits is not pixel_logits:
+                res["aux_pixel"] = up(pixel_logits)
+            if region_logits is not None and logits is not region_logits:
+                res["aux_region"] = up(region_logits)
+        return res
+
+    def forward(self, frames: Tensor, history_grad: bool = True,
+                out_size: Optional[Tuple[int, int]] = None) -> Dict[str, Tensor]:
+        """See the class docstring. ``history_grad=False`` runs the backbone of t-2 and t-1
+        without gradient (a training economy: the shared backbone still learns from frame t).
+        ``out_size`` (H', W') returns the logits at that size instead of the input's."""
+        if frames.dim() != 5 or frames.shape[1] != 3 or frames.shape[2] != 3:
+            raise ValueError(f"frames must be (B, 3, 3, H, W), got {tuple(frames.shape)}")
+        h, w = out_size if out_size is not None else frames.shape[-2:]
+        cur = self.extract(frames[:, 2])
+        x_tm2 = x_tm1 = None
+        if self.cfg.temporal:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and history_grad):
+                x_tm1 = self.extract(frames[:, 1])["x"]
+                x_tm2 = self.extract(frames[:, 0])["x"]
+        return self.head(x_tm2, x_tm1, cur, (h, w))
+
+
+def msaf_loss(outputs: Dict[str, Tensor], target: Tensor, ignore_index: int = 255,
+              class_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    """Eq. (15): L_M + L_pd + L_rd, each a cross-entropy with ``ignore_index``.
+
+    ``target`` (B, H, W) int64. Returns the terms and their sum under ``'loss'``.
+    """
+    terms = {"loss_m": outputs["out"]}
+    if "aux_pixel" in outputs:
+        terms["loss_pd"] = outputs["aux_pixel"]
+    if "aux_region" in outputs:
+        terms["loss_rd"] = outputs["aux_region"]
+    losses = {k: F.cross_entropy(v.float(), target, weight=class_weights,
+                                 ignore_index=ignore_index) for k, v in terms.items()}
+    losses["loss"] = sum(losses.values())  # type: ignore[assignment]
+    return losses

@@ -1,0 +1,257 @@
+"""Streaming inference: one backbone pass per frame, a bounded per-stream feature cache.
+
+A frame at time t is segmented from frames t-2, t-1, t. Only what the backbone produced for
+the two previous frames (their reduced F5, ``X``) is needed again, so the segmenter keeps
+exactly that per stream, at most two entries, and runs the backbone once per new frame.
+
+While a stream has fewer than two previous frames (its start, or just after a reset), the
+current frame stands in for each missing one: the first frame is segmented as (t, t, t) and
+the second as (t, t-1, t). The training data use the same rule at sequence starts.
+
+The cache of a stream resets (and ``on_reset(stream, reason)`` is called) when:
+
+- the frame size changes (``'resolution'``);
+- the stamp does not advance: it goes backwards, as when a bag loops, or repeats
+  (``'time-backwards'`` / ``'duplicate-stamp'``);
+- the gap since the previous frame exceeds ``max_gap_s`` (``'gap'``);
+- ``reset()`` is called (no callback).
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import default_checkpoint, load_checkpoint
+from .errors import InputError
+from .model import MSAF
+
+MIN_SIZE = 8  # smallest frame side the network accepts
+
+
+@dataclass
+class _Stream:
+    feats: Deque[torch.Tensor] = field(default_factory=lambda: collections.deque(maxlen=2))
+    size: Optional[Tuple[int, int]] = None
+    stamp_ns: Optional[int] = None
+    frames: int = 0
+    resets: int = 0
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """'auto' → cuda if available else cpu. Raises ValueError for an unusable device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"invalid device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available on this "
+                             f"machine; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} asked for, but only "
+                             f"{torch.cuda.device_count()} CUDA device(s) exist")
+    elif dev.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+class Segmenter:
+    """Segment RGB frames of one or more video streams with an MSAF model.
+
+    ``size``: optional (height, width) the frames are resized to before the network; labels
+    always come back at the input resolution (logits are upsampled before the argmax).
+    ``half``: run in float16 (CUDA only). ``max_gap_s``: largest gap between stamps that keeps
+    a stream's cache (None: no limit). ``max_streams``: streams kept (least recently used
+    dropped beyond it).
+    """
+
+    def __init__(self, model: MSAF, device: Union[str, torch.device] = "cpu", *,
+                 size: Optional[Tuple[int, int]] = None, half: bool = False,
+                 max_gap_s: Optional[float] = 1.5, max_streams: int = 16,
+                 channels_last: bool = True) -> None:
+        self.device = resolve_device(device)
+        if half and self.device.type != "cuda":
+            raise ValueError("half precision needs a CUDA device")
+        if size is not None and (len(size) != 2 or min(size) < MIN_SIZE):
+            raise ValueError(f"size must be (height, width) with sides >= {MIN_SIZE}, got {size!r}")
+        if max_gap_s is not None and max_gap_s <= 0:
+            raise ValueError(f"max_gap_s must be > 0 or None, got {max_gap_s!r}")
+        self.model = model.eval().to(self.device)
+        if half:
+            self.model.half()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.cfg = model.cfg
+        self.size = tuple(size) if size is not None else None
+        self.max_gap_ns = None if max_gap_s is None else int(max_gap_s * 1e9)
+        self.max_streams = max(1, int(max_streams))
+        self.on_reset: Optional[Callable[[str, str], None]] = None
+        self._streams: "collections.OrderedDict[str, _Stream]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        p = next(self.model.parameters())
+        self._mean = torch.tensor(self.cfg.mean, device=p.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.cfg.std, device=p.device).view(1, 3, 1, 1)
+        self.checkpoint: Optional[Dict] = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path, None] = None,
+                        device: Union[str, torch.device] = "cpu", **kw) -> "Segmenter":
+        """Load a checkpoint (None: the bundled default model) and wrap it.
+
+        Raises :class:`~msaf_core.errors.CheckpointError` subclasses naming the file."""
+        model, ckpt = load_checkpoint(default_checkpoint() if path is None else path)
+        seg = cls(model, device, **kw)
+        seg.checkpoint = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
+        seg.checkpoint["path"] = str(default_checkpoint() if path is None else path)
+        return seg
+
+    # -- metadata ----------------------------------------------------------------------------
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return self.cfg.class_names
+
+    @property
+    def palette(self) -> np.ndarray:
+        """(K, 3) uint8 RGB colours, one per class id."""
+        return np.asarray(self.cfg.palette, dtype=np.uint8)
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        """H×W class ids → H×W×3 uint8 RGB (ids outside the palette become black)."""
+        lut = np.zeros((256, 3), np.uint8)
+        lut[: self.cfg.num_classes] = self.palette
+        return lut[labels]
+
+    def overlay(self, image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+        """Blend the colour mask over an RGB image: (1-alpha)*image + alpha*mask, uint8."""
+        mask = self.colorize(labels).astype(np.float32)
+        out = image[..., :3].astype(np.float32) * (1.0 - alpha) + mask * alpha
+        return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+    # -- cache control -------------------------------------------------------------------------
+    def reset(self, stream: Optional[str] = None) -> None:
+        """Forget the cached frames of one stream, or of all streams (None)."""
+        with self._lock:
+            if stream is None:
+                self._streams.clear()
+            else:
+                self._streams.pop(stream, None)
+
+    def cache_len(self, stream: str = "default") -> int:
+        s = self._streams.get(stream)
+        return 0 if s is None else len(s.feats)
+
+    @property
+    def streams(self) -> List[str]:
+        return list(self._streams)
+
+    def to(self, device: Union[str, torch.device]) -> "Segmenter":
+        """Move the model; cached features follow it on the next call."""
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+        return self
+
+    # -- inference -------------------------------------------------------------------------------
+    def _check(self, image: np.ndarray) -> None:
+        if not isinstance(image, np.ndarray):
+            raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"image must be H×W×3 uint8 RGB, got {image.shape} {image.dtype}")
+        if min(image.shape[:2]) < MIN_SIZE:
+            raise InputError(f"image is {image.shape[1]}×{image.shape[0]}; both sides must be "
+                             f">= {MIN_SIZE} pixels")
+
+    def _prep(self, image: np.ndarray) -> torch.Tensor:
+        """H×W×3 uint8 RGB → (1, 3, h, w) normalised float on the model's device/dtype."""
+        p = next(self.model.parameters())
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if self.size is not None and tuple(x.shape[-2:]) != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
+                              antialias=True)
+        x = (x - self._mean) / self._std
+        return x.to(p.dtype).contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def _run(self, x_tm2: torch.Tensor, x_tm1: torch.Tensor, cur: Dict[str, torch.Tensor],
+             out_size: Tuple[int, int]) -> np.ndarray:
+        logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
+        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+    def segment(self, image: np.ndarray, stream: str = "default",
+                stamp_ns: Optional[int] = None) -> np.ndarray:
+        """Segment the newest frame of ``stream``: H×W×3 uint8 RGB → H×W uint8 class ids.
+
+        Runs the backbone exactly once, on ``image``; frames t-1 and t-2 come from the cache.
+        ``stamp_ns`` (the frame's time in nanoseconds) drives the automatic resets.
+        """
+        self._check(image)
+        h, w = image.shape[:2]
+        reason = None
+        with self._lock:
+            st = self._streams.get(stream)
+            if st is None:
+                st = self._streams[stream] = _Stream()
+                while len(self._streams) > self.max_streams:
+                    self._streams.popitem(last=False)
+            self._streams.move_to_end(stream)
+            if st.feats:
+                if st.size != (h, w):
+                    reason = "resolution"
+                elif stamp_ns is not None and st.stamp_ns is not None:
+                    if stamp_ns < st.stamp_ns:
+                        reason = "time-backwards"
+                    elif stamp_ns == st.stamp_ns:
+                        reason = "duplicate-stamp"
+                    elif self.max_gap_ns is not None and stamp_ns - st.stamp_ns > self.max_gap_ns:
+                        reason = "gap"
+            if reason is not None:
+                st.feats.clear()
+                st.resets += 1
+            st.size, st.stamp_ns = (h, w), stamp_ns
+        if reason is not None and self.on_reset is not None:
+            self.on_reset(stream, reason)
+
+        with torch.inference_mode():
+            cur = self.model.extract(self._prep(image))               # the one backbone pass
+        p = next(self.model.parameters())
+        prev = [f.to(p.device, p.dtype) for f in st.feats]          # follow the model
+        x_t = cur["x"]
+        if self.cfg.temporal:
+            x_tm1 = prev[-1] if len(prev) >= 1 else x_t
+            x_tm2 = prev[-2] if len(prev) >= 2 else x_t
+        else:
+            x_tm1 = x_tm2 = None
+        labels = self._run(x_tm2, x_tm1, cur, (h, w))
+        with self._lock:
+            if self.cfg.temporal:
+                st.feats.append(x_t)
+            st.frames += 1
+        return labels
+
+    def segment_clip(self, frames: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Reference path: each frame through the full three-frame forward, no cache.
+
+        Frame i is segmented from (frames[i-2], frames[i-1], frames[i]), the current frame
+        standing in for missing ones, exactly as :meth:`segment` does on a fresh stream.
+        """
+        out = []
+        for i, image in enumerate(frames):
+            self._check(image)
+            clip = [frames[i - 2] if i >= 2 else image, frames[i - 1] if i >= 1 else image, image]
+            x = torch.stack([self._prep(f)[0] for f in clip])[None]   # (1, 3, 3, h, w)
+            with torch.inference_mode():
+                logits = self.model(x, out_size=image.shape[:2])["out"]  # the full forward
+            out.append(logits[0].argmax(0).to(torch.uint8).cpu().numpy())
+        return out
