@@ -103,12 +103,12 @@ class PyramidSpatialTransformer(nn.Module):
 
     ROLES = ("t-2", "t-1", "t")
 
-    def __init__(self, cfg: MSAFConfig) -> None:
+    def __init__(self, cfg: MSAFConfig, roles: Sequence[str] = ROLES) -> None:
         super().__init__()
         self.pool = dict(zip(self.ROLES, cfg.pst_pool))
         self.blocks = nn.ModuleDict(
             {r.replace("-", "m"): TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
-             for r in self.ROLES})
+             for r in roles})
 
     def forward(self, x: Tensor, role: str) -> Tensor:  # x (B, d, h, w) → (B, d, h, w)
         b, d, h, w = x.shape
@@ -225,8 +225,10 @@ class MSAF(nn.Module):
         self.backbone = DilatedResNet(cfg.backbone)
         ch = self.backbone.channels
         self.reduce = conv_bn_relu(ch["f5"], d, 1)  # X = reduce(F5): what frames share in time
-        if cfg.uses_motion or cfg.variant == "without_motion":
+        if cfg.uses_motion:
             self.pst = PyramidSpatialTransformer(cfg)
+        elif cfg.variant == "without_motion":  # frame t's spatial block only: no time
+            self.pst = PyramidSpatialTransformer(cfg, roles=("t",))
         if cfg.uses_motion:
             self.att = AlignedTemporalTransformer(cfg)
         has_m = cfg.variant != "state_only"

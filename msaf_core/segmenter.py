@@ -175,7 +175,10 @@ class Segmenter:
     def _prep(self, image: np.ndarray) -> torch.Tensor:
         """H×W×3 uint8 RGB → (1, 3, h, w) normalised float on the model's device/dtype."""
         p = next(self.model.parameters())
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        arr = np.ascontiguousarray(image)
+        if not arr.flags.writeable:  # torch wants writable memory; frames from buffers are not
+            arr = arr.copy()
+        x = torch.from_numpy(arr).to(self.device, non_blocking=True)
         x = x.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         if self.size is not None and tuple(x.shape[-2:]) != self.size:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,

@@ -1,0 +1,62 @@
+"""Shared fixtures: real CamVid frames, tiny seeded models and checkpoints."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = Path(os.environ.get("MSAF_CAMVID", ROOT.parent / "shared" / "camvid"))
+
+# Keep torch from oversubscribing the 2-core CI machine when tests start node processes.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def camvid_available() -> bool:
+    return (CAMVID / "val").is_dir() and (CAMVID / "valannot").is_dir()
+
+
+needs_camvid = pytest.mark.skipif(not camvid_available(), reason=f"CamVid not found at {CAMVID}")
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    if not camvid_available():
+        pytest.skip(f"CamVid not found at {CAMVID}")
+    return CAMVID
+
+
+@pytest.fixture(scope="session")
+def val_frames(camvid_root):
+    """The first 6 frames of the 15 Hz val clip (480×360 RGB uint8) and their labels."""
+    from PIL import Image
+    names = sorted(p.name for p in (camvid_root / "val").glob("*.png"))[:6]
+    frames = [np.asarray(Image.open(camvid_root / "val" / n).convert("RGB")) for n in names]
+    labels = [np.asarray(Image.open(camvid_root / "valannot" / n)) for n in names]
+    return frames, labels
+
+
+def make_tiny_model(seed: int = 0, **cfg_kw):
+    """A seeded ResNet-18 MSAF of width 16 whose BN scales are non-zero (outputs vary)."""
+    import torch
+    from msaf_core import MSAF, MSAFConfig
+    torch.manual_seed(seed)
+    kw = dict(dim=16, heads=2, dcn_groups=2)
+    kw.update(cfg_kw)
+    model = MSAF(MSAFConfig(**kw))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.bias, -0.1, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small self-describing checkpoint (random weights, CamVid classes) on disk."""
+    from msaf_core import save_checkpoint
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint(path, make_tiny_model(), train_resolution=(64, 64), metrics={"note": "random"})
+    return path

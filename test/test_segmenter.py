@@ -1,0 +1,169 @@
+"""Streaming Segmenter: cache equals the reference path, one backbone pass, resets."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from msaf_core import InputError, Segmenter
+
+from conftest import make_tiny_model
+
+MS = 1_000_000
+
+
+@pytest.fixture()
+def frames():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (56, 72, 3), dtype=np.uint8)
+    # a moving pattern so consecutive frames differ but are related
+    return [np.roll(base, 3 * i, axis=1) for i in range(6)]
+
+
+def _count_backbone(model):
+    calls = {"n": 0}
+    model.backbone.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_stream_equals_reference_over_six_frames(frames):
+    seg = Segmenter(make_tiny_model())
+    streamed = [seg.segment(f, stamp_ns=i * 66 * MS) for i, f in enumerate(frames)]
+    ref = seg.segment_clip(frames)
+    for a, b in zip(streamed, ref):
+        assert a.dtype == np.uint8 and a.shape == frames[0].shape[:2]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stream_with_resets_equals_reference(frames):
+    seg = Segmenter(make_tiny_model(), max_gap_s=0.5)
+    reasons = []
+    seg.on_reset = lambda stream, reason: reasons.append(reason)
+    stamps = [0, 66, 132, 100, 166, 2000]  # backwards at 3, gap at 5
+    out = [seg.segment(f, stamp_ns=s * MS) for f, s in zip(frames, stamps)]
+    assert reasons == ["time-backwards", "gap"]
+    ref = seg.segment_clip(frames[:3]) + seg.segment_clip(frames[3:5]) + seg.segment_clip(frames[5:])
+    for a, b in zip(out, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_manual_reset_and_duplicate_stamp(frames):
+    seg = Segmenter(make_tiny_model())
+    reasons = []
+    seg.on_reset = lambda s, r: reasons.append(r)
+    seg.segment(frames[0], stamp_ns=10)
+    seg.segment(frames[1], stamp_ns=20)
+    assert seg.cache_len() == 2
+    seg.segment(frames[2], stamp_ns=20)
+    assert reasons == ["duplicate-stamp"] and seg.cache_len() == 1
+    seg.reset()
+    assert seg.cache_len() == 0
+    a = seg.segment(frames[3], stamp_ns=30)
+    np.testing.assert_array_equal(a, seg.segment_clip([frames[3]])[0])
+
+
+def test_resolution_change_resets(frames):
+    seg = Segmenter(make_tiny_model())
+    reasons = []
+    seg.on_reset = lambda s, r: reasons.append(r)
+    seg.segment(frames[0])
+    seg.segment(frames[1])
+    small = frames[2][:40, :48].copy()
+    out = seg.segment(small)
+    assert reasons == ["resolution"] and out.shape == (40, 48)
+    np.testing.assert_array_equal(out, seg.segment_clip([small])[0])
+
+
+def test_one_backbone_pass_per_streamed_frame(frames):
+    model = make_tiny_model()
+    calls = _count_backbone(model)
+    seg = Segmenter(model)
+    for i, f in enumerate(frames):
+        seg.segment(f, stamp_ns=i * 66 * MS)
+        assert calls["n"] == i + 1
+    calls["n"] = 0
+    seg.segment_clip(frames[:2])
+    assert calls["n"] == 6  # the reference path runs three passes per frame
+
+
+def test_streams_are_independent(frames):
+    seg = Segmenter(make_tiny_model())
+    a = [seg.segment(f, stream="left", stamp_ns=i) for i, f in enumerate(frames[:3])]
+    b = seg.segment(frames[5], stream="right", stamp_ns=1)
+    np.testing.assert_array_equal(b, seg.segment_clip([frames[5]])[0])
+    assert seg.cache_len("left") == 2 and seg.cache_len("right") == 1
+    np.testing.assert_array_equal(a[2], seg.segment_clip(frames[:3])[2])
+    assert sorted(seg.streams) == ["left", "right"]
+
+
+def test_stream_count_is_bounded(frames):
+    seg = Segmenter(make_tiny_model(), max_streams=2)
+    for name in ("a", "b", "c"):
+        seg.segment(frames[0], stream=name)
+    assert seg.streams == ["b", "c"]
+
+
+def test_cache_not_in_state_dict_and_follows_dtype(frames):
+    model = make_tiny_model()
+    keys = set(model.state_dict())
+    seg = Segmenter(model)
+    seg.segment(frames[0])
+    seg.segment(frames[1])
+    assert set(model.state_dict()) == keys
+    assert not any("cache" in k for k in keys)
+    model.double()  # the cache must follow the model's dtype
+    seg._mean, seg._std = seg._mean.double(), seg._std.double()
+    out = seg.segment(frames[2])
+    assert out.shape == frames[2].shape[:2]
+
+
+def test_inference_size_returns_input_resolution(frames):
+    seg = Segmenter(make_tiny_model(), size=(32, 40))
+    out = seg.segment(frames[0])
+    assert out.shape == frames[0].shape[:2]
+    np.testing.assert_array_equal(seg.segment_clip(frames[:1])[0], out)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((4, 4, 3), np.uint8), np.zeros((32, 32), np.uint8), np.zeros((32, 32, 3), np.float32),
+    np.zeros((32, 32, 4), np.uint8), [[1, 2, 3]]])
+def test_bad_images_raise_input_error(bad):
+    seg = Segmenter(make_tiny_model())
+    with pytest.raises(InputError):
+        seg.segment(bad)
+    assert seg.cache_len() == 0
+
+
+def test_bad_device_and_options():
+    m = make_tiny_model()
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Segmenter(m, "cuda")
+        with pytest.raises(ValueError, match="half precision needs a CUDA device"):
+            Segmenter(m, "cpu", half=True)
+    with pytest.raises(ValueError, match="invalid device"):
+        Segmenter(m, "gpu0")
+    with pytest.raises(ValueError, match="max_gap_s"):
+        Segmenter(m, max_gap_s=0)
+
+
+def test_colorize_and_overlay(frames):
+    seg = Segmenter(make_tiny_model())
+    labels = np.array([[0, 3], [10, 200]], np.uint8)
+    col = seg.colorize(labels)
+    assert col.shape == (2, 2, 3)
+    assert tuple(col[0, 1]) == (128, 64, 128) and tuple(col[1, 1]) == (0, 0, 0)
+    img = np.full((2, 2, 3), 200, np.uint8)
+    ov = seg.overlay(img, labels, alpha=0.0)
+    np.testing.assert_array_equal(ov, img)
+    np.testing.assert_array_equal(seg.overlay(img, labels, alpha=1.0), col)
+
+
+def test_real_frames_stream_equals_reference(val_frames):
+    frames, _ = val_frames
+    seg = Segmenter(make_tiny_model())
+    out = [seg.segment(f, stamp_ns=i * 66 * MS) for i, f in enumerate(frames[:4])]
+    ref = seg.segment_clip(frames[:4])
+    for a, b in zip(out, ref):
+        assert a.shape == (360, 480)
+        np.testing.assert_array_equal(a, b)
