@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="leave (saving last.pt) after this many iterations of this run")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -290,6 +292,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         except ImportError:
             bar = None
     t_last, s_last = time.time(), step
+    stop_at = None if args.stop_after is None else step + args.stop_after
     last_losses: Dict[str, float] = {}
     result: Dict[str, Any] = {}
     model.train()
@@ -314,6 +317,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             scaler.update()
             step += 1
             pos += 1
+            if stop_at is not None and step >= stop_at:
+                stop["flag"] = True
             last_losses = {k: float(v.detach()) for k, v in losses.items()}
             if not math.isfinite(last_losses["loss"]):
                 raise SystemExit(f"[msaf-train] loss is {last_losses['loss']} at step {step}")

@@ -285,8 +285,8 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         if enc.kind == "bayer":
             return _demosaic(np.ascontiguousarray(s[..., 0]), enc.pattern)
         if enc.kind in ("rgb", "rgba"):
-            return np.ascontiguousarray(s[..., :3])
-        return np.ascontiguousarray(s[..., 2::-1])  # bgr, bgra
+            return s[..., :3].copy(order="C")  # always a copy: never aliases msg.data
+        return s[..., 2::-1].copy(order="C")  # bgr, bgra
     except ImageDecodeError:
         raise
     except MemoryError:

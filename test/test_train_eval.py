@@ -1,0 +1,156 @@
+"""msaf-train and msaf-eval on a handful of real CamVid frames; metrics against hand counts."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from msaf_core import Segmenter, read_checkpoint
+from msaf_core.metrics import (TemporalConsistency, confusion, iou_per_class, mean_iou,
+                               warp_nearest)
+from msaf_core.train import lr_factor, main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dim", "16", "--crop", "64", "64", "--batch-size", "2", "--threads", "1",
+        "--no-progress", "--log-every", "1", "--amp", "off", "--preset", "scratch",
+        "--warmup", "2", "--scale", "0.25", "0.25", "--jitter", "0"]
+
+
+@pytest.fixture(scope="module")
+def mini_camvid(camvid_root, tmp_path_factory):
+    """8 train frames of one sequence and 4 val frames, real CamVid files."""
+    root = tmp_path_factory.mktemp("camvid")
+    for split, n in (("train", 8), ("val", 4)):
+        for sub in (split, f"{split}annot"):
+            (root / sub).mkdir()
+        names = sorted(p.name for p in (camvid_root / split).glob("0016E5_*.png"))[:n]
+        for name in names:
+            shutil.copy(camvid_root / split / name, root / split / name)
+            shutil.copy(camvid_root / f"{split}annot" / name, root / f"{split}annot" / name)
+    return root
+
+
+def _log(out: Path):
+    return [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, 0.9) == pytest.approx(0.0)
+
+
+def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
+    out = tmp_path / "run"
+    # 2 fixed clips (batch 2 of an 8-clip set, same seed every epoch) overfit quickly
+    rc = train_main(["--data-root", str(mini_camvid), "--out", str(out), "--iters", "12",
+                     "--lr", "3e-3", "--eval-every", "12", "--save-every", "6", *TINY])
+    assert rc == 0
+    log = [r for r in _log(out) if "loss" in r]
+    first = np.mean([r["loss"] for r in log[:3]])
+    last = np.mean([r["loss"] for r in log[-3:]])
+    assert last < first, (first, last)
+    evals = [r for r in _log(out) if "eval" in r]
+    assert len(evals) == 1 and 0.0 <= evals[0]["miou"] <= 1.0
+    for name in ("last.pt", "best.pt"):
+        ck = read_checkpoint(out / name)
+        assert ck["train_resolution"] == [64, 64]
+    assert "train_state" in read_checkpoint(out / "last.pt")
+    assert "camvid_val_miou" in read_checkpoint(out / "best.pt")["metrics"]
+
+
+def test_resume_continues_the_exact_schedule(mini_camvid, tmp_path):
+    common = ["--data-root", str(mini_camvid), "--eval-every", "0", "--save-every", "3", *TINY]
+    a, c = tmp_path / "a", tmp_path / "c"
+    assert train_main([*common, "--out", str(a), "--iters", "6"]) == 0  # uninterrupted
+    # interrupted after 3 iterations, then resumed from last.pt up to 6
+    assert train_main([*common, "--out", str(c), "--iters", "6", "--stop-after", "3"]) == 0
+    assert read_checkpoint(c / "last.pt")["train_state"]["step"] == 3
+    assert train_main([*common, "--out", str(c), "--iters", "6", "--resume", str(c / "last.pt")]) == 0
+    la = {r["step"]: r for r in _log(a) if "loss" in r}
+    lc = {r["step"]: r for r in _log(c) if "loss" in r}
+    assert sorted(lc) == list(range(1, 7))
+    for s in range(1, 7):
+        assert lc[s]["lr"] == pytest.approx(la[s]["lr"])
+        assert lc[s]["loss"] == pytest.approx(la[s]["loss"], rel=1e-5, abs=1e-6)
+    sa = read_checkpoint(a / "last.pt")["state_dict"]
+    sc = read_checkpoint(c / "last.pt")["state_dict"]
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sc[k].float(), atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(mini_camvid, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "msaf_core.train", "--data-root", str(mini_camvid), "--out", str(out),
+           "--iters", "3", "--eval-every", "0", "--save-every", "3", *TINY, "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = read_checkpoint(out / "last.pt")
+    ts = ck["train_state"]
+    assert ts["step"] == 3 and sorted(ts["rng"]) == ["0", "1"]
+    assert ts["args"]["batch_size"] == 2
+    assert "done at step 3" in r.stdout
+
+
+def test_confusion_matches_hand_count():
+    target = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 2, 0]])
+    cm = confusion(pred, target, 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [0, 0, 1]])
+    # IoU: class0 1/(1+1+0)=0.5, class1 2/(2+1)=2/3, class2 1/1
+    np.testing.assert_allclose(iou_per_class(cm), [0.5, 2 / 3, 1.0])
+    assert mean_iou(cm) == pytest.approx((0.5 + 2 / 3 + 1) / 3)
+    cm4 = confusion(np.zeros((2, 2), int), np.zeros((2, 2), int), 4)
+    assert np.isnan(iou_per_class(cm4)[1]) and mean_iou(cm4) == 1.0
+    with pytest.raises(ValueError, match="outside"):
+        confusion(np.array([5]), np.array([0]), 3)
+
+
+def test_warp_and_temporal_consistency():
+    lab = np.zeros((4, 5), np.uint8)
+    lab[:, 3] = 1
+    flow = np.zeros((4, 5, 2), np.float32)
+    flow[..., 0] = 1  # every pixel of t moved one to the right in t+1
+    warped = warp_nearest(lab, flow)
+    assert (warped[:, 2] == 1).all() and (warped[:, 4] == 255).all()
+    tc = TemporalConsistency(2)
+    pred_t = np.zeros((4, 5), np.uint8)
+    pred_t[:, 2] = 1
+    img = np.zeros((4, 5, 3), np.uint8)
+    tc.add(img, img, pred_t, lab, flow=flow)
+    assert tc.value() == pytest.approx(1.0) and tc.pairs == 1
+
+
+def test_msaf_eval_cli(mini_camvid, tiny_checkpoint, tmp_path):
+    from msaf_core.evaluate import main as eval_main
+    out = tmp_path / "r.json"
+    rc = eval_main(["--dataset", "camvid", "--data-root", str(mini_camvid), "--split", "val",
+                    "--checkpoint", str(tiny_checkpoint), "--json", str(out), "--threads", "1"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["frames"] == 4 and 0 <= res["miou"] <= 1 and res["fps"] > 0
+    assert res["tc_pairs"] == 3 and "DIS" in res["tc_method"]
+    cm = np.array(res["confusion"])
+    assert cm.shape == (11, 11) and res["miou"] == pytest.approx(mean_iou(cm))
+    # the same figures come from streaming the frames by hand
+    seg = Segmenter.from_checkpoint(tiny_checkpoint)
+    from msaf_core.data import CamVidClips
+    ds = CamVidClips(mini_camvid, "val")
+    total = np.zeros((11, 11), np.int64)
+    for i in ds.sequences()[0]:
+        clip, lab = ds.raw(i)
+        total += confusion(seg.segment(clip[2]), lab, 11)
+    np.testing.assert_array_equal(total, cm)
+    assert eval_main(["--data-root", str(mini_camvid), "--checkpoint", str(tmp_path / "x.pt")]) == 1
