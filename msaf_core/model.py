@@ -25,8 +25,9 @@ the paper chosen where it is vague.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,10 @@ from torchvision.ops import deform_conv2d
 
 from .backbone import DilatedResNet
 from .config import MSAFConfig
+
+
+def _no_timer(name: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
 # -------------------------------------------------------------------------------------------
@@ -221,6 +226,8 @@ class MSAF(nn.Module):
     def __init__(self, cfg: MSAFConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        #: optional ``name -> context manager`` wrapped around each stage of ``head``
+        self.stage_timer: Optional[Callable[[str], ContextManager]] = None
         d, k = cfg.dim, cfg.num_classes
         self.backbone = DilatedResNet(cfg.backbone)
         ch = self.backbone.channels
@@ -259,46 +266,53 @@ class MSAF(nn.Module):
     def head(self, x_tm2: Optional[Tensor], x_tm1: Optional[Tensor], cur: Dict[str, Tensor],
              out_size: Tuple[int, int]) -> Dict[str, Tensor]:
         cfg = self.cfg
+        timed = self.stage_timer or _no_timer  # benchmarks time the stages through this
         x_t = cur["x"]                                                  # (B, d, h, w)
         m_t: Optional[Tensor] = None
         if cfg.uses_motion:
             assert x_tm2 is not None and x_tm1 is not None
-            d_t = self.pst(x_t, "t")
-            d_tm1 = self.pst(x_tm1, "t-1")
-            d_tm2 = self.pst(x_tm2, "t-2")
-            _, _, m_t = self.att(d_tm2, d_tm1, d_t)                     # M^t (B, d, h, w)
+            with timed("pst"):
+                d_t = self.pst(x_t, "t")
+                d_tm1 = self.pst(x_tm1, "t-1")
+                d_tm2 = self.pst(x_tm2, "t-2")
+            with timed("att"):
+                _, _, m_t = self.att(d_tm2, d_tm1, d_t)                 # M^t (B, d, h, w)
         elif cfg.variant == "without_motion":
-            m_t = self.pst(x_t, "t")                                    # spatial only, no time
+            with timed("pst"):
+                m_t = self.pst(x_t, "t")                                # spatial only, no time
 
         res: Dict[str, Tensor] = {}
         pixel_logits = region_logits = p = None
-        if hasattr(self, "pixel_desc"):
-            toks = [self.proj3(cur["f3"]), self.proj4(cur["f4"]), x_t]
-            if m_t is not None:
-                toks.append(m_t)
-            s = self.stage(toks) if cfg.uses_state else torch.cat(toks, dim=1)  # (B, n*d, h, w)
-            p = self.pixel_desc(s)                                      # P (B, d, h, w)
-            pixel_logits = self.pixel_cls(p)                            # (B, K, h, w)
-        if m_t is not None:
-            region_logits = self.region_head(m_t)                       # M^t' (B, K, h, w)
+        with timed("state"):
+            if hasattr(self, "pixel_desc"):
+                toks = [self.proj3(cur["f3"]), self.proj4(cur["f4"]), x_t]
+                if m_t is not None:
+                    toks.append(m_t)
+                s = self.stage(toks) if cfg.uses_state else torch.cat(toks, dim=1)  # (B, n*d, h, w)
+                p = self.pixel_desc(s)                                  # P (B, d, h, w)
+                pixel_logits = self.pixel_cls(p)                        # (B, K, h, w)
 
-        if cfg.uses_assignment:
-            assert p is not None and region_logits is not None and m_t is not None
-            b, d, h, w = m_t.shape
-            attn = region_logits.flatten(2).softmax(dim=-1)             # (B, K, h*w)
-            regions = attn @ m_t.flatten(2).transpose(1, 2)             # R (B, K, d)
-            regions = F.normalize(self.region_proj(regions), dim=-1)
-            pix = F.normalize(p, dim=1).flatten(2)                      # (B, d, h*w)
-            logits = (regions @ pix).reshape(b, -1, h, w) * self.log_scale.exp()
-        elif cfg.variant == "without_semantics":
-            logits = 0.5 * (pixel_logits + region_logits)
-        elif cfg.variant == "motion_only":
-            logits = region_logits
-        else:  # state_only
-            logits = pixel_logits
+        with timed("assignment"):
+            if m_t is not None:
+                region_logits = self.region_head(m_t)                   # M^t' (B, K, h, w)
+            if cfg.uses_assignment:
+                assert p is not None and region_logits is not None and m_t is not None
+                b, d, h, w = m_t.shape
+                attn = region_logits.flatten(2).softmax(dim=-1)         # (B, K, h*w)
+                regions = attn @ m_t.flatten(2).transpose(1, 2)         # R (B, K, d)
+                regions = F.normalize(self.region_proj(regions), dim=-1)
+                pix = F.normalize(p, dim=1).flatten(2)                  # (B, d, h*w)
+                logits = (regions @ pix).reshape(b, -1, h, w) * self.log_scale.exp()
+            elif cfg.variant == "without_semantics":
+                logits = 0.5 * (pixel_logits + region_logits)
+            elif cfg.variant == "motion_only":
+                logits = region_logits
+            else:  # state_only
+                logits = pixel_logits
 
         up = lambda z: F.interpolate(z, size=out_size, mode="bilinear", align_corners=False)  # noqa: E731
-        res["out"] = up(logits)
+        with timed("upsample"):
+            res["out"] = up(logits)
         if self.training:
             if pixel_logits is not None and logits is not pixel_logits:
                 res["aux_pixel"] = up(pixel_logits)
