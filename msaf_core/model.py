@@ -151,12 +151,44 @@ class DeformableAlign(nn.Module):
         om = self.offset_net(torch.cat([neighbour, current], dim=1))  # (B, 3*g*k*k, h, w)
         n_off = 2 * self.groups * self.k * self.k
         offset, mask = om[:, :n_off], om[:, n_off:].sigmoid()
-        dtype = neighbour.dtype
+        h, w = neighbour.shape[-2:]
+        if h > 1 and w > 1:
+            return modulated_deform_conv(neighbour, offset, mask, self.weight, self.bias, self.groups)
+        dtype = neighbour.dtype  # degenerate 1-pixel grids: torchvision's reference kernel
         if dtype in (torch.float16, torch.bfloat16) and neighbour.device.type == "cpu":
             dtype = torch.float32  # torchvision's CPU kernel has no reduced-precision path
         y = deform_conv2d(neighbour.to(dtype), offset.to(dtype), self.weight.to(dtype),
                           self.bias.to(dtype), padding=self.k // 2, mask=mask.to(dtype))
         return y.to(neighbour.dtype)
+
+
+def modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tensor, bias: Tensor,
+                          groups: int) -> Tensor:
+    """Same result as ``torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=k//2,
+    mask=mask)`` (stride 1, dilation 1, ``groups`` offset groups), computed as one batched
+    bilinear ``grid_sample`` of all k×k taps and one matrix product. On CPU it runs about 3×
+    faster forward and 7× faster forward+backward than torchvision's kernel (see
+    docs/benchmarks.md); the tests check it against torchvision.
+
+    x (B, C, H, W); offset (B, 2·g·k·k, H, W) laid out [group][tap][(dy, dx)];
+    mask (B, g·k·k, H, W); weight (O, C, k, k) → (B, O, H, W). Needs H, W > 1.
+    """
+    b, c, h, w = x.shape
+    o, _, k, _ = weight.shape
+    kk, g = k * k, groups
+    off = offset.view(b, g, kk, 2, h, w)
+    r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    ky, kx = torch.meshgrid(r, r, indexing="ij")                       # tap offsets (k, k)
+    ys = torch.arange(h, device=x.device, dtype=x.dtype).view(1, 1, 1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, 1, 1, w)
+    py = ys + ky.reshape(1, 1, kk, 1, 1) + off[:, :, :, 0]            # (B, g, kk, H, W)
+    px = xs + kx.reshape(1, 1, kk, 1, 1) + off[:, :, :, 1]
+    grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
+    samp = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, kk * h, w, 2),
+                         mode="bilinear", padding_mode="zeros", align_corners=True)
+    samp = samp.view(b, g, c // g, kk, h, w) * mask.view(b, g, 1, kk, h, w)
+    out = torch.matmul(weight.reshape(o, c * kk), samp.reshape(b, c * kk, h * w))
+    return out.view(b, o, h, w) + bias.view(1, o, 1, 1)
 
 
 class AlignedTemporalTransformer(nn.Module):

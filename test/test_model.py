@@ -160,3 +160,23 @@ def test_import_msaf_core_pulls_in_no_rclpy():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "clean" in r.stdout
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 16, 9, 11), 2), ((1, 32, 6, 5), 8), ((1, 8, 2, 3), 1)])
+def test_fast_deformable_conv_equals_torchvision(shape, groups):
+    from torchvision.ops import deform_conv2d
+    from msaf_core.model import modulated_deform_conv
+    g = torch.Generator().manual_seed(0)
+    b, c, h, w = shape
+    x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    off = (3 * torch.randn(b, 2 * groups * 9, h, w, generator=g, dtype=torch.float64)).requires_grad_()
+    mask = torch.rand(b, groups * 9, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(c, generator=g, dtype=torch.float64)
+    ref = deform_conv2d(x, off, wt, bias, padding=1, mask=mask)
+    out = modulated_deform_conv(x, off, mask, wt, bias, groups)
+    assert torch.allclose(out, ref, atol=1e-9)
+    gr = torch.autograd.grad(ref.square().sum(), [x, wt, off])
+    go = torch.autograd.grad(out.square().sum(), [x, wt, off])
+    for a, b_ in zip(gr, go):
+        assert torch.allclose(a, b_, atol=1e-7)

@@ -1,0 +1,324 @@
+"""msaf-bench: where the time of a streamed frame goes, against its two bounds.
+
+    msaf-bench [--sizes 480x360 1024x512] [--backbones resnet18 resnet50 resnet101]
+               [--repeats 10] [--warmup 3] [--threads N] [--device cpu|cuda] [--half]
+               [--precision fp32|bf16] [--json FILE]
+    msaf-bench transformer [--size 1024x512] [--json FILE]
+
+For each input size and backbone, in one run (so ratios hold on a noisy machine):
+
+- ``streamed``: a frame through the Segmenter's path with a warm cache: preprocessing, one
+  backbone pass, PST, DCN alignment + temporal transformer (ATT), stage transformer,
+  semantic assignment, upsampling, postprocessing (argmax, copy to host);
+- ``uncached``: the same frame with three backbone passes (no cache);
+- ``single-frame limit``: the same backbone and a plain 1×1 classifier on F5;
+- peak memory of each (CUDA: max allocated; CPU: growth of the process's peak RSS).
+
+Times are medians over ``--repeats`` after ``--warmup`` runs; the variants are interleaved.
+``transformer`` times the decoupled transformer (PST + ATT) against a vanilla joint
+spatio-temporal transformer (one MHSA over all 3×h×w tokens) on the same three feature maps
+at the 1/8 grid, and prints time, memory and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from datetime import date
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MSAFConfig
+from .model import MSAF, TransformerBlock, sincos_pos_2d
+
+STAGES = ["preprocess", "backbone", "pst", "att", "state", "assignment", "upsample",
+          "postprocess"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class StageClock:
+    """Accumulates wall time per named stage (synchronising CUDA around each)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        _sync(self.device)
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+
+class SingleFrameLimit(nn.Module):
+    """The cheapest segmenter on the same backbone: F5 → 1×1 classifier → upsample."""
+
+    def __init__(self, model: MSAF) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+        self.cls = nn.Conv2d(model.backbone.channels["f5"], model.cfg.num_classes, 1)
+
+    def forward(self, x: torch.Tensor, out_size) -> torch.Tensor:
+        return F.interpolate(self.cls(self.backbone(x)["f5"]), size=out_size, mode="bilinear",
+                             align_corners=False)
+
+
+def _prep(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> torch.Tensor:
+    x = img.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return ((x - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, warmup: int,
+                half: bool = False, precision: str = "fp32") -> Dict[str, object]:
+    w, h = size
+    cfg = MSAFConfig(backbone=backbone, dim=128 if backbone == "resnet18" else 256)
+    model = MSAF(cfg).eval().to(device)
+    dtype = torch.float16 if half else torch.float32
+    model.to(dtype).to(memory_format=torch.channels_last)
+    limit = SingleFrameLimit(model).eval().to(device).to(dtype).to(memory_format=torch.channels_last)
+    mean = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
+    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
+           else contextlib.nullcontext())
+
+    def to_dev(img):
+        return img.to(device, non_blocking=True)
+
+    clock = StageClock(device)
+    with torch.inference_mode():
+        cache = [model.extract(_prep(to_dev(i), mean, std, dtype))["x"] for i in imgs[:2]]
+
+    def streamed() -> None:
+        model.stage_timer = clock
+        with torch.inference_mode(), amp:
+            with clock("preprocess"):
+                x = _prep(to_dev(imgs[2]), mean, std, dtype)
+            with clock("backbone"):
+                cur = model.extract(x)
+            logits = model.head(cache[0], cache[1], cur, (h, w))["out"]
+            with clock("postprocess"):
+                logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+        model.stage_timer = None
+
+    def uncached() -> None:
+        with torch.inference_mode(), amp:
+            xs = [_prep(to_dev(i), mean, std, dtype) for i in imgs]
+            logits = model(torch.stack([x[0] for x in xs])[None])["out"]
+            logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+    def single() -> None:
+        with torch.inference_mode(), amp:
+            logits = limit(_prep(to_dev(imgs[2]), mean, std, dtype), (h, w))
+            logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+    variants: Dict[str, Callable[[], None]] = {"streamed": streamed, "uncached": uncached,
+                                               "single_frame_limit": single}
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    stage_runs: List[Dict[str, float]] = []
+    mem: Dict[str, float] = {}
+    for k, fn in variants.items():  # warm-up, and peak memory of each variant
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            base = _peak_rss_mb()
+        for _ in range(warmup):
+            fn()
+        if device.type == "cuda":
+            mem[k] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        else:
+            mem[k] = _peak_rss_mb() - base  # growth of the process peak: a lower bound
+    for _ in range(repeats):  # interleaved, so drifts of the machine hit all variants alike
+        for k, fn in variants.items():
+            clock.times = {}
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+            if k == "streamed":
+                stage_runs.append(dict(clock.times))
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    stages = {s: statistics.median([r.get(s, 0.0) for r in stage_runs]) * 1000 for s in STAGES}
+    return {
+        "backbone": backbone, "size": f"{w}x{h}", "device": str(device), "dtype": str(dtype),
+        "precision": precision, "ms": med, "stages_ms": stages, "peak_mem_mb": mem,
+        "fps_streamed": 1000.0 / med["streamed"],
+        "ratio_streamed_vs_uncached": med["streamed"] / med["uncached"],
+        "ratio_streamed_vs_single_frame_limit": med["streamed"] / med["single_frame_limit"],
+    }
+
+
+class JointSpatioTemporalTransformer(nn.Module):
+    """Vanilla transformer over the space-time volume: one MHSA over all 3·h·w tokens."""
+
+    def __init__(self, cfg: MSAFConfig) -> None:
+        super().__init__()
+        self.time_embed = nn.Parameter(torch.zeros(3, 1, cfg.dim))
+        self.block = TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+
+    def forward(self, xs: List[torch.Tensor]) -> torch.Tensor:
+        b, d, h, w = xs[0].shape
+        pos = sincos_pos_2d(h, w, d, xs[0].device, xs[0].dtype)
+        tok = torch.cat([x.flatten(2).transpose(1, 2) + pos + self.time_embed[i]
+                         for i, x in enumerate(xs)], dim=1)              # (B, 3hw, d)
+        tok = self.block(tok)
+        return tok[:, 2 * h * w:].transpose(1, 2).reshape(b, d, h, w)   # frame t
+
+
+def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: int,
+                      dim: int = 128) -> Dict[str, object]:
+    w, h = size
+    gh, gw = (h + 7) // 8, (w + 7) // 8
+    cfg = MSAFConfig(dim=dim)
+    model = MSAF(cfg).eval().to(device)
+    joint = JointSpatioTemporalTransformer(cfg).eval().to(device)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, dim, gh, gw, generator=g).to(device) for _ in range(3)]
+
+    def decoupled():
+        with torch.inference_mode():
+            d_t = model.pst(xs[2], "t")
+            d1 = model.pst(xs[1], "t-1")
+            d2 = model.pst(xs[0], "t-2")
+            return model.att(d2, d1, d_t)[2]
+
+    def vanilla():
+        with torch.inference_mode():
+            return joint(xs)
+
+    res: Dict[str, Dict[str, float]] = {}
+    fns = {"decoupled": decoupled, "joint": vanilla}
+    for k, fn in fns.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        else:
+            base = _peak_rss_mb()
+        for _ in range(warmup):
+            fn()
+        peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
+                else _peak_rss_mb() - base)
+        res[k] = {"peak_mem_mb": peak, "runs": []}  # type: ignore[dict-item]
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            res[k]["runs"].append(time.perf_counter() - t0)  # type: ignore[union-attr]
+    out: Dict[str, object] = {"grid": f"{gw}x{gh}", "tokens_per_frame": gh * gw, "dim": dim,
+                              "device": str(device)}
+    for k in fns:
+        out[f"{k}_ms"] = statistics.median(res[k]["runs"]) * 1000  # type: ignore[arg-type]
+        out[f"{k}_peak_mem_mb"] = res[k]["peak_mem_mb"]
+    out["time_ratio_joint_over_decoupled"] = out["joint_ms"] / out["decoupled_ms"]  # type: ignore[operator]
+    n = gh * gw
+    out["paper_cost_ratio_3n3_over_3n2_24n"] = (3 * n ** 3) / (3 * n ** 2 + 24 * n)
+    return out
+
+
+def _size(s: str) -> tuple:
+    try:
+        w, h = s.lower().split("x")
+        return int(w), int(h)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 1024x512, got {s!r}") from None
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = "model"
+    if argv and argv[0] in ("transformer", "model"):
+        mode = argv.pop(0)
+    p = argparse.ArgumentParser(prog="msaf-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=_size, nargs="+", default=[(480, 360), (1024, 512)])
+    p.add_argument("--size", type=_size, default=(1024, 512), help="transformer mode")
+    p.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50", "resnet101"],
+                   choices=["resnet18", "resnet50", "resnet101"])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16 autocast on CPU")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    meta = {"date": date.today().isoformat(), "machine": _machine(device),
+            "torch": torch.__version__, "command": "msaf-bench " + " ".join(sys.argv[1:] if argv is None else argv)}
+    results: List[Dict[str, object]] = []
+    if mode == "transformer":
+        r = bench_transformer(args.size, device, args.repeats, args.warmup)
+        results.append(r)
+        print(f"decoupled vs joint spatio-temporal transformer, grid {r['grid']} "
+              f"({r['tokens_per_frame']} tokens/frame, d={r['dim']}), {meta['machine']}")
+        print(f"  decoupled (PST+ATT): {r['decoupled_ms']:9.1f} ms  peak +{r['decoupled_peak_mem_mb']:.0f} MB")
+        print(f"  joint (3hw tokens) : {r['joint_ms']:9.1f} ms  peak +{r['joint_peak_mem_mb']:.0f} MB")
+        print(f"  time ratio joint/decoupled: {r['time_ratio_joint_over_decoupled']:.1f}x "
+              f"(paper's cost model 3n^3/(3n^2+24n): {r['paper_cost_ratio_3n3_over_3n2_24n']:.0f}x)")
+    else:
+        print(f"msaf-bench on {meta['machine']} ({args.device}); medians of {args.repeats} after "
+              f"{args.warmup} warm-up; ms")
+        hdr = "  ".join(f"{s[:10]:>10}" for s in STAGES)
+        for size in args.sizes:
+            for bb in args.backbones:
+                r = bench_model(bb, size, device, args.repeats, args.warmup, args.half, args.precision)
+                results.append(r)
+                ms, st = r["ms"], r["stages_ms"]
+                print(f"\n{bb} @ {r['size']} ({r['dtype']}, {r['precision']})")
+                print("  stages: " + hdr)
+                print("          " + "  ".join(f"{st[s]:10.1f}" for s in STAGES))
+                print(f"  streamed {ms['streamed']:.1f} ms ({r['fps_streamed']:.2f} FPS) | "
+                      f"uncached {ms['uncached']:.1f} ms | single-frame limit "
+                      f"{ms['single_frame_limit']:.1f} ms")
+                print(f"  streamed/uncached {r['ratio_streamed_vs_uncached']:.2f} (target <= 0.45) | "
+                      f"streamed/limit {r['ratio_streamed_vs_single_frame_limit']:.2f} (target <= 1.5)")
+                print(f"  peak memory MB: " + ", ".join(f"{k} +{v:.0f}" for k, v in r["peak_mem_mb"].items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
