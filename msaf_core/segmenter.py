@@ -70,18 +70,22 @@ class Segmenter:
 
     ``size``: optional (height, width) the frames are resized to before the network; labels
     always come back at the input resolution (logits are upsampled before the argmax).
-    ``half``: run in float16 (CUDA only). ``max_gap_s``: largest gap between stamps that keeps
+    ``half``: run in float16 (CUDA only). ``bf16``: bfloat16 autocast on CPU (about 3× faster
+    backbone on CPUs with AMX; labels may differ from float32 on a few pixels). ``max_gap_s``: largest gap between stamps that keeps
     a stream's cache (None: no limit). ``max_streams``: streams kept (least recently used
     dropped beyond it).
     """
 
     def __init__(self, model: MSAF, device: Union[str, torch.device] = "cpu", *,
-                 size: Optional[Tuple[int, int]] = None, half: bool = False,
+                 size: Optional[Tuple[int, int]] = None, half: bool = False, bf16: bool = False,
                  max_gap_s: Optional[float] = 1.5, max_streams: int = 16,
                  channels_last: bool = True) -> None:
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise ValueError("half precision needs a CUDA device")
+        if bf16 and self.device.type != "cpu":
+            raise ValueError("bf16 autocast is for the CPU; use half on CUDA")
+        self.bf16 = bool(bf16)
         if size is not None and (len(size) != 2 or min(size) < MIN_SIZE):
             raise ValueError(f"size must be (height, width) with sides >= {MIN_SIZE}, got {size!r}")
         if max_gap_s is not None and max_gap_s <= 0:
@@ -186,10 +190,14 @@ class Segmenter:
         x = (x - self._mean) / self._std
         return x.to(p.dtype).contiguous(memory_format=torch.channels_last)
 
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
+
     @torch.inference_mode()
     def _run(self, x_tm2: torch.Tensor, x_tm1: torch.Tensor, cur: Dict[str, torch.Tensor],
              out_size: Tuple[int, int]) -> np.ndarray:
-        logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
+        with self._autocast():
+            logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
         return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
     def segment(self, image: np.ndarray, stream: str = "default",
@@ -226,11 +234,10 @@ class Segmenter:
         if reason is not None and self.on_reset is not None:
             self.on_reset(stream, reason)
 
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             cur = self.model.extract(self._prep(image))               # the one backbone pass
-        p = next(self.model.parameters())
-        prev = [f.to(p.device, p.dtype) for f in st.feats]          # follow the model
         x_t = cur["x"]
+        prev = [f.to(x_t.device, x_t.dtype) for f in st.feats]     # follow the model
         if self.cfg.temporal:
             x_tm1 = prev[-1] if len(prev) >= 1 else x_t
             x_tm2 = prev[-2] if len(prev) >= 2 else x_t
@@ -254,7 +261,7 @@ class Segmenter:
             self._check(image)
             clip = [frames[i - 2] if i >= 2 else image, frames[i - 1] if i >= 1 else image, image]
             x = torch.stack([self._prep(f)[0] for f in clip])[None]   # (1, 3, 3, h, w)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 logits = self.model(x, out_size=image.shape[:2])["out"]  # the full forward
             out.append(logits[0].argmax(0).to(torch.uint8).cpu().numpy())
         return out

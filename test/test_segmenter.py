@@ -117,6 +117,13 @@ def test_cache_not_in_state_dict_and_follows_dtype(frames):
     assert out.shape == frames[2].shape[:2]
 
 
+def test_bf16_autocast_stream_equals_reference(frames):
+    seg = Segmenter(make_tiny_model(), bf16=True)
+    out = [seg.segment(f, stamp_ns=i) for i, f in enumerate(frames[:3])]
+    for a, b in zip(out, seg.segment_clip(frames[:3])):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_inference_size_returns_input_resolution(frames):
     seg = Segmenter(make_tiny_model(), size=(32, 40))
     out = seg.segment(frames[0])
