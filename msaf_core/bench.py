@@ -12,7 +12,8 @@ For each input size and backbone, in one run (so ratios hold on a noisy machine)
   semantic assignment, upsampling, postprocessing (argmax, copy to host);
 - ``uncached``: the same frame with three backbone passes (no cache);
 - ``single-frame limit``: the same backbone and a plain 1×1 classifier on F5;
-- peak memory of each (CUDA: max allocated; CPU: growth of the process's peak RSS).
+- peak memory of each: tensors allocated during one call (CUDA: max allocated; CPU: from the
+  profiler's allocation events), i.e. activations and temporaries, not weights.
 
 Times are medians over ``--repeats`` after ``--warmup`` runs; the variants are interleaved.
 ``transformer`` times the decoupled transformer (PST + ATT) against a vanilla joint
@@ -26,7 +27,6 @@ import argparse
 import contextlib
 import json
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -47,10 +47,6 @@ STAGES = ["preprocess", "backbone", "pst", "att", "state", "assignment", "upsamp
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class StageClock:
@@ -87,8 +83,9 @@ def _prep(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> to
     return ((x - mean) / std).to(dtype).contiguous(memory_format=torch.channels_last)
 
 
-def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, warmup: int,
-                half: bool = False, precision: str = "fp32") -> Dict[str, object]:
+def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
+                   precision: str):
+    """Build the model and the three timed closures (streamed, uncached, single frame)."""
     w, h = size
     cfg = MSAFConfig(backbone=backbone, dim=128 if backbone == "resnet18" else 256)
     model = MSAF(cfg).eval().to(device)
@@ -99,19 +96,21 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
     std = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
     g = torch.Generator().manual_seed(0)
     imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for _ in range(3)]
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" and device.type == "cpu"
-           else contextlib.nullcontext())
+
+    def amp():
+        return (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16"
+                and device.type == "cpu" else contextlib.nullcontext())
 
     def to_dev(img):
         return img.to(device, non_blocking=True)
 
     clock = StageClock(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), amp():
         cache = [model.extract(_prep(to_dev(i), mean, std, dtype))["x"] for i in imgs[:2]]
 
     def streamed() -> None:
         model.stage_timer = clock
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), amp():
             with clock("preprocess"):
                 x = _prep(to_dev(imgs[2]), mean, std, dtype)
             with clock("backbone"):
@@ -122,18 +121,40 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
         model.stage_timer = None
 
     def uncached() -> None:
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), amp():
             xs = [_prep(to_dev(i), mean, std, dtype) for i in imgs]
             logits = model(torch.stack([x[0] for x in xs])[None])["out"]
             logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
     def single() -> None:
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), amp():
             logits = limit(_prep(to_dev(imgs[2]), mean, std, dtype), (h, w))
             logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
     variants: Dict[str, Callable[[], None]] = {"streamed": streamed, "uncached": uncached,
                                                "single_frame_limit": single}
+    return variants, clock, dtype
+
+
+def _torch_peak_mb(fn: Callable[[], None]) -> float:
+    """Peak of the memory held by tensors allocated while ``fn`` runs (CPU), from the
+    profiler's allocation/free events: activations and temporaries, not weights or inputs."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")))
+    cur = peak = 0
+    for _, nbytes in events:
+        cur += nbytes
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
+def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, warmup: int,
+                half: bool = False, precision: str = "fp32") -> Dict[str, object]:
+    w, h = size
+    variants, clock, dtype = _make_variants(backbone, size, device, half, precision)
     times: Dict[str, List[float]] = {k: [] for k in variants}
     stage_runs: List[Dict[str, float]] = []
     mem: Dict[str, float] = {}
@@ -141,14 +162,12 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-        else:
-            base = _peak_rss_mb()
         for _ in range(warmup):
             fn()
         if device.type == "cuda":
             mem[k] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         else:
-            mem[k] = _peak_rss_mb() - base  # growth of the process peak: a lower bound
+            mem[k] = _torch_peak_mb(fn)
     for _ in range(repeats):  # interleaved, so drifts of the machine hit all variants alike
         for k, fn in variants.items():
             clock.times = {}
@@ -214,12 +233,13 @@ def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: i
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
+            for _ in range(warmup):
+                fn()
+            peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         else:
-            base = _peak_rss_mb()
-        for _ in range(warmup):
-            fn()
-        peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
-                else _peak_rss_mb() - base)
+            for _ in range(warmup):
+                fn()
+            peak = _torch_peak_mb(fn)
         res[k] = {"peak_mem_mb": peak, "runs": []}  # type: ignore[dict-item]
     for _ in range(repeats):
         for k, fn in fns.items():
