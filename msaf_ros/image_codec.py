@@ -29,19 +29,30 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import numpy as np
 
 __all__ = [
     "ImageDecodeError", "Encoding", "ENCODINGS", "SUPPORTED_ENCODINGS", "ENCODABLE",
-    "encoding_info", "image_to_rgb", "compressed_to_rgb", "image_fields", "rgb_to_image",
+    "encoding_info", "check_image", "image_to_rgb", "compressed_to_rgb", "image_fields",
+    "rgb_to_image",
     "labels_to_image", "build_image",
 ]
 
 
 class ImageDecodeError(ValueError):
-    """A message cannot be decoded into an RGB image; the message says why."""
+    """A message cannot be decoded into an RGB image; the message says why.
+
+    ``reason`` is a short tag for counting: 'encoding' (unknown), 'empty' (0 pixels),
+    'step' (step below width × bytes per pixel), 'length' (data not height × step bytes),
+    'fields' (missing or mistyped fields, odd yuv422 width), 'data' (unreadable data) or
+    'compressed' (undecodable compressed image).
+    """
+
+    def __init__(self, message: str, reason: str = "fields") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ def encoding_info(encoding: Any) -> Encoding:
     if e is None:
         shown = name if len(name) <= 40 else name[:40] + "..."
         raise ImageDecodeError(f"unknown encoding {shown!r}; supported: "
-                               f"{', '.join(SUPPORTED_ENCODINGS)}")
+                               f"{', '.join(SUPPORTED_ENCODINGS)}", "encoding")
     return e
 
 
@@ -113,22 +124,23 @@ def encoding_info(encoding: Any) -> Encoding:
 def _as_bytes(data: Any) -> np.ndarray:
     """Any supported ``data`` container → 1-D uint8 array (a view where possible)."""
     if data is None:
-        raise ImageDecodeError("message has no data")
+        raise ImageDecodeError("message has no data", "data")
     if isinstance(data, np.ndarray):
         if data.dtype.kind not in "uib" or data.dtype.itemsize != 1:
-            raise ImageDecodeError(f"data is a numpy array of {data.dtype}, expected uint8")
+            raise ImageDecodeError(f"data is a numpy array of {data.dtype}, expected uint8",
+                                   "data")
         return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
     if isinstance(data, (bytes, bytearray, memoryview, array.array)):
         try:
             return np.frombuffer(data, dtype=np.uint8)
         except (TypeError, ValueError, BufferError) as e:
-            raise ImageDecodeError(f"data cannot be read as bytes ({e})") from None
+            raise ImageDecodeError(f"data cannot be read as bytes ({e})", "data") from None
     if isinstance(data, str):
-        raise ImageDecodeError("data is a str, expected bytes")
+        raise ImageDecodeError("data is a str, expected bytes", "data")
     try:
         return np.frombuffer(bytes(data), dtype=np.uint8)
     except (TypeError, ValueError, OverflowError) as e:
-        raise ImageDecodeError(f"data cannot be read as bytes ({e})") from None
+        raise ImageDecodeError(f"data cannot be read as bytes ({e})", "data") from None
 
 
 def _int_field(msg: Any, name: str) -> int:
@@ -155,17 +167,17 @@ def _rows(msg: Any) -> tuple:
     if h < 0 or w < 0 or step < 0:
         raise ImageDecodeError(f"negative size: height {h}, width {w}, step {step}")
     if h == 0 or w == 0:
-        raise ImageDecodeError(f"image is {w}x{h}")
+        raise ImageDecodeError(f"image is {w}x{h}", "empty")
     row_bytes = w * enc.bytes_per_pixel
     if step < row_bytes:
         raise ImageDecodeError(f"step {step} < width*bytes_per_pixel {row_bytes} "
-                               f"({w} x {enc.bytes_per_pixel} for {enc.name})")
+                               f"({w} x {enc.bytes_per_pixel} for {enc.name})", "step")
     if enc.kind in ("uyvy", "yuyv") and w % 2:
         raise ImageDecodeError(f"{enc.name} needs an even width, got {w}")
     buf = _as_bytes(getattr(msg, "data", None))
     if buf.size != h * step:
         raise ImageDecodeError(f"data is {buf.size} bytes, expected height*step = {h}*{step} = "
-                               f"{h * step}")
+                               f"{h * step}", "length")
     rows = buf.reshape(h, step)[:, :row_bytes]
     return enc, h, w, rows
 
@@ -266,6 +278,21 @@ def _yuv422(rows: np.ndarray, h: int, w: int, order: str) -> np.ndarray:
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
+def check_image(msg: Any) -> tuple:
+    """Validate an Image message without decoding it (cheap: no pixel is copied).
+
+    Returns ``(encoding_name, height, width)``; raises :class:`ImageDecodeError` exactly
+    when :func:`image_to_rgb` would reject the layout."""
+    try:
+        enc, h, w, _ = _rows(msg)
+        _big(msg)
+        return enc.name, h, w
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise ImageDecodeError(f"invalid image message ({type(e).__name__}: {e})") from None
+
+
 def image_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/Image (any object with its fields) → new H×W×3 uint8 RGB array.
 
@@ -315,7 +342,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
         buf = _as_bytes(getattr(msg, "data", None))
         fmt = str(getattr(msg, "format", "") or "").lower()
         if buf.size == 0:
-            raise ImageDecodeError("compressed image has no data")
+            raise ImageDecodeError("compressed image has no data", "compressed")
         if "compresseddepth" in fmt and buf.size > 12:
             buf = buf[12:]
         cv2 = _cv2()
@@ -327,7 +354,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
                 img = None
             if img is None or img.size == 0:
                 raise ImageDecodeError(f"cannot decode {buf.size} bytes of compressed data "
-                                       f"(format {fmt or 'unset'!r})")
+                                       f"(format {fmt or 'unset'!r})", "compressed")
             if img.dtype == np.uint16:
                 img = (img >> 8).astype(np.uint8)
             elif img.dtype != np.uint8:
@@ -348,12 +375,12 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
                 return np.array(im.convert("RGB"), dtype=np.uint8)
         except Exception as e:  # noqa: BLE001
             raise ImageDecodeError(f"cannot decode {buf.size} bytes of compressed data "
-                                   f"(format {fmt or 'unset'!r}: {e})") from None
+                                   f"(format {fmt or 'unset'!r}: {e})", "compressed") from None
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ImageDecodeError(f"cannot decode compressed image ({type(e).__name__}: {e})") \
-            from None
+        raise ImageDecodeError(f"cannot decode compressed image ({type(e).__name__}: {e})",
+                               "compressed") from None
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -443,7 +470,7 @@ def build_image(fields: Dict[str, Any], header: Any = None, msg_type: Any = None
 
 def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", header: Any = None,
                  msg_type: Any = None) -> Any:
-    """H×W×3 uint8 RGB (or H×W mono) → sensor_msgs/Image in ``encoding`` (see image_fields)."""
+    """H×W×3 uint8 RGB (or H×W mono) → sensor_msgs/Image in ``encoding`` (image_fields)."""
     return build_image(image_fields(arr, encoding), header, msg_type)
 
 

@@ -1,0 +1,131 @@
+"""Launch msaf_ros segment_node, and RViz2 showing the input, the overlay and the colour mask.
+
+    ros2 launch msaf_ros segment.launch.py image_topic:=/camera/image_raw
+    ros2 launch msaf_ros segment.launch.py image_topic:=/cam_front/image_raw \
+        namespace:=front checkpoint:=/models/msaf_r18_camvid.pt device:=cuda rviz:=true
+
+Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time, rviz.
+``checkpoint`` and ``device`` override params_file when not empty. Works on Humble, Jazzy
+and Kilted (launch, launch_ros.actions.Node, ament_index_python only).
+"""
+
+import os
+import tempfile
+
+import yaml
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'msaf_ros'
+EXECUTABLE = 'segment_node'
+NODE_NAME = 'segment_node'
+PARAMS_FILE = 'config/msaf.yaml'
+RVIZ_FILE = 'config/msaf.rviz'
+# Launch arguments passed on as node parameters (when not empty).
+PARAMETER_ARGUMENTS = ('checkpoint', 'device')
+# Topics the RViz config shows, as written in config/msaf.rviz (un-namespaced).
+RVIZ_TOPICS = {'input': '/camera/image_raw', 'overlay': '/overlay', 'color_mask': '/color_mask'}
+
+
+def share_dir():
+    """The installed share directory of msaf_ros (ament index, else the pip/source layout)."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return get_package_share_directory(PACKAGE)
+    except Exception:  # not indexed (pip install or source tree)
+        from msaf_ros.resources import share_dir as fallback
+        return str(fallback())
+
+
+def node_parameters(params_file):
+    """The segment_node parameters of a params file: entries under any key naming the node
+    (``segment_node``, ``/ns/segment_node``) or ``/**``. Read here, not passed as a file, so
+    that the node finds them under any namespace."""
+    with open(params_file) as f:
+        data = yaml.safe_load(f) or {}
+    params = {}
+    for key, entry in data.items():
+        key = str(key)
+        if key in ('/**', '**') or key.rstrip('/').rsplit('/', 1)[-1] == NODE_NAME:
+            params.update(((entry or {}).get('ros__parameters') or {}))
+    return params
+
+
+def rviz_config(namespace, image_topic):
+    """config/msaf.rviz with its topics moved to this launch's names (a temporary file)."""
+    with open(os.path.join(share_dir(), RVIZ_FILE)) as f:
+        text = f.read()
+    ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    image = image_topic if image_topic.startswith('/') else f'{ns}/{image_topic}'
+    new = {'input': image, 'overlay': f'{ns}/overlay', 'color_mask': f'{ns}/color_mask'}
+    for key, old in RVIZ_TOPICS.items():
+        text = text.replace(f'Value: {old}\n', f'Value: {new[key]}\n')
+    fd, path = tempfile.mkstemp(prefix='msaf_', suffix='.rviz')
+    with os.fdopen(fd, 'w') as f:
+        f.write(text)
+    return path
+
+
+def launch_setup(context, *args, **kwargs):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    params = node_parameters(arg('params_file'))
+    for name in PARAMETER_ARGUMENTS:
+        if arg(name) != '':
+            params[name] = arg(name)
+    use_sim_time = arg('use_sim_time').lower() in ('true', '1', 'yes', 'on')
+    params['use_sim_time'] = use_sim_time
+    namespace = arg('namespace').strip('/')
+    image_topic = arg('image_topic')
+    ns_kw = {'namespace': namespace} if namespace else {}
+    actions = [
+        Node(
+            package=PACKAGE,
+            executable=EXECUTABLE,
+            name=NODE_NAME,
+            **ns_kw,
+            parameters=[params],
+            remappings=[('image', image_topic)],
+            output='screen',
+            emulate_tty=True,
+        )
+    ]
+    if arg('rviz').lower() in ('true', '1', 'yes', 'on'):
+        actions.append(Node(
+            package='rviz2',
+            executable='rviz2',
+            name='rviz2',
+            **ns_kw,
+            arguments=['-d', rviz_config(namespace, image_topic)],
+            parameters=[{'use_sim_time': use_sim_time}],
+            output='screen',
+        ))
+    return actions
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument('image_topic', default_value='/camera/image_raw',
+                              description='Input sensor_msgs/Image topic (the node '
+                                          'subscribes <image_topic>/compressed with '
+                                          'input_transport: compressed)'),
+        DeclareLaunchArgument('checkpoint', default_value='',
+                              description="msaf checkpoint (.pt); '' = params_file's value "
+                                          '(there: the bundled model)'),
+        DeclareLaunchArgument('device', default_value='',
+                              description="auto, cpu, cuda or cuda:N; '' = params_file's "
+                                          'value'),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='Namespace of the node and its output topics'),
+        DeclareLaunchArgument('params_file',
+                              default_value=os.path.join(share_dir(), PARAMS_FILE),
+                              description='YAML parameters of segment_node'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='Use /clock (true when playing a bag with --clock)'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='Start RViz2 with config/msaf.rviz'),
+        OpaqueFunction(function=launch_setup),
+    ])

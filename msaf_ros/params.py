@@ -1,0 +1,160 @@
+"""The parameters of ``segment_node``: one table, checks, and error messages.
+
+Imports neither rclpy nor torch, so launch files, tests and docs can read the table
+(``PARAMETERS``) and the defaults (which ``config/msaf.yaml`` repeats) cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+NODE_NAME = "segment_node"
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str                   # 'string' 'bool' 'int' 'double' 'string_array' 'int_array'
+    default: Any
+    description: str
+    hint: str = ""              # how to fix a bad value
+    range: Optional[Tuple[float, float]] = None   # inclusive, for int / double
+    choices: Optional[Sequence[str]] = None
+    read_only: bool = True      # changes need a restart (all of them do)
+    output: bool = False        # set by the node (from the model), not by the user
+
+
+PARAMETERS: Tuple[Param, ...] = (
+    Param("checkpoint", "string", "",
+          "Path of an msaf checkpoint (.pt); '' = the model bundled with msaf_core.",
+          hint="set checkpoint:=/path/to/model.pt (an msaf checkpoint written by msaf-train) "
+               "or '' for the bundled model"),
+    Param("device", "string", "auto",
+          "Inference device: auto (CUDA if available, else CPU), cpu, cuda or cuda:N.",
+          hint="use device:=auto, cpu, cuda or cuda:N"),
+    Param("half", "bool", False,
+          "Run the model in float16 (CUDA devices only).",
+          hint="set half:=false, or use a CUDA device"),
+    Param("threads", "int", 0,
+          "CPU threads for torch (torch.set_num_threads); 0 = torch's default.",
+          hint="use threads:=0 (torch default) or a small positive count", range=(0, 256)),
+    Param("inference_height", "int", 0,
+          "Height frames are resized to before the network; 0 = the input's own size. Labels "
+          "always come back at the input resolution.",
+          hint="use 0 (native) or >= 8, and set inference_width too", range=(0, 8192)),
+    Param("inference_width", "int", 0,
+          "Width frames are resized to before the network; 0 = the input's own size.",
+          hint="use 0 (native) or >= 8, and set inference_height too", range=(0, 8192)),
+    Param("overlay_alpha", "double", 0.5,
+          "Weight of the colour mask in the overlay: (1-alpha)*frame + alpha*mask.",
+          hint="use a value in 0.0..1.0, e.g. overlay_alpha:=0.5", range=(0.0, 1.0)),
+    Param("max_gap", "double", 1.5,
+          "Largest gap between a camera's stamps (seconds) that keeps its feature cache; "
+          "a longer gap resets the cache. 0 = no limit.",
+          hint="use seconds >= 0, e.g. max_gap:=1.5", range=(0.0, 3600.0)),
+    Param("max_pixels", "int", 8_388_608,
+          "Frames with more pixels (width*height) are dropped with a warning; 0 = no limit. "
+          "The default (8 MP) takes 4K UHD (3840x2160) and drops 4000x3000.",
+          hint="use 0 (no limit) or a pixel count, e.g. max_pixels:=8388608",
+          range=(0, 1 << 40)),
+    Param("max_streams", "int", 16,
+          "Cameras (frame_ids) whose feature caches are kept; the least recently seen is "
+          "dropped beyond it.",
+          hint="use a count >= 1", range=(1, 1024)),
+    Param("input_transport", "string", "raw",
+          "raw: sensor_msgs/Image on 'image'; compressed: sensor_msgs/CompressedImage on "
+          "'<image>/compressed' (the image_transport convention).",
+          hint="use input_transport:=raw or compressed", choices=("raw", "compressed")),
+    Param("qos_reliability", "string", "best_effort",
+          "Reliability of the input subscription: best_effort (the sensor-data profile; "
+          "matches reliable and best-effort publishers) or reliable.",
+          hint="use qos_reliability:=best_effort or reliable",
+          choices=("best_effort", "reliable")),
+    Param("diagnostics_period", "double", 1.0,
+          "Seconds between diagnostic_msgs/DiagnosticArray messages on /diagnostics.",
+          hint="use seconds in 0.05..3600, e.g. diagnostics_period:=1.0",
+          range=(0.05, 3600.0)),
+    Param("log_period", "double", 10.0,
+          "Seconds between one-line summaries in the log; 0 = no summaries.",
+          hint="use seconds >= 0, e.g. log_period:=10.0", range=(0.0, 86400.0)),
+    Param("warn_period", "double", 5.0,
+          "Bad-frame warnings of one kind are logged at most once per this many seconds.",
+          hint="use seconds >= 0, e.g. warn_period:=5.0", range=(0.0, 86400.0)),
+    # Set by the node from the loaded model (read-only; overrides are ignored).
+    Param("class_names", "string_array", [],
+          "Class names of the loaded model, index = class id in 'labels' (read-only).",
+          output=True),
+    Param("class_palette", "int_array", [],
+          "RGB colour of each class in 'color_mask', flattened [r0, g0, b0, r1, ...] "
+          "(read-only).", output=True),
+)
+
+BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMETERS}
+#: The parameters a user sets (the keys of config/msaf.yaml).
+USER_PARAMETERS = tuple(p.name for p in PARAMETERS if not p.output)
+DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMETERS if not p.output}
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps|xpu|xpu:\d+)$")
+
+
+class ConfigError(Exception):
+    """A bad parameter or model setting; the message is one line naming the parameter."""
+
+    def __init__(self, param: str, problem: str, hint: str = "") -> None:
+        # msaf_core messages may end with their own advice; ours (the hint) replaces it.
+        problem = re.split(r";\s*(?:use|pass|train)\b", str(problem))[0].strip()
+        self.param, self.problem = param, problem
+        hint = hint or (BY_NAME[param].hint if param in BY_NAME else "")
+        msg = f"parameter '{param}': {problem}"
+        if hint:
+            msg += f"; {hint}"
+        super().__init__(" ".join(msg.split()))
+
+
+def validate(values: Dict[str, Any]) -> Dict[str, Any]:
+    """Check values beyond what the descriptors enforce; returns them normalised.
+
+    Raises :class:`ConfigError` naming the first bad parameter."""
+    v = dict(values)
+    for p in PARAMETERS:
+        if p.output or p.name not in v:
+            continue
+        x = v[p.name]
+        if p.choices is not None:
+            if not isinstance(x, str) or x.strip().lower() not in p.choices:
+                raise ConfigError(p.name, f"{x!r} is not one of {', '.join(p.choices)}")
+            v[p.name] = x.strip().lower()
+        if p.range is not None and isinstance(x, (int, float)) and not isinstance(x, bool):
+            lo, hi = p.range
+            if not lo <= x <= hi:
+                raise ConfigError(p.name, f"{x!r} is out of range [{lo}, {hi}]")
+    dev = str(v.get("device", "auto")).strip().lower()
+    if not _DEVICE_RE.match(dev):
+        raise ConfigError("device", f"{v.get('device')!r} is not a device")
+    v["device"] = dev
+    h, w = int(v.get("inference_height", 0)), int(v.get("inference_width", 0))
+    if (h == 0) != (w == 0):
+        raise ConfigError("inference_height" if h == 0 else "inference_width",
+                          f"inference size {h}x{w}: set both inference_height and "
+                          f"inference_width, or both to 0",
+                          hint="e.g. inference_height:=360 inference_width:=480")
+    for name, s in (("inference_height", h), ("inference_width", w)):
+        if 0 < s < 8:
+            raise ConfigError(name, f"{s} is too small (the network needs >= 8 pixels)")
+    v["checkpoint"] = str(v.get("checkpoint", "")).strip()
+    return v
+
+
+def yaml_text() -> str:
+    """config/msaf.yaml as this table says it should be (used by tests and docs)."""
+    lines = [f"{NODE_NAME}:", "  ros__parameters:"]
+    for p in PARAMETERS:
+        if p.output:
+            continue
+        d = p.default
+        val = ("true" if d else "false") if isinstance(d, bool) else \
+            (f"'{d}'" if isinstance(d, str) else repr(d))
+        lines.append(f"    {p.name}: {val}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,182 @@
+"""ROS-free parts of the node: the newest-frame slot, statistics and warning throttling."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+
+class LatestSlot:
+    """A single-item mailbox between the subscription callback and the inference worker.
+
+    :meth:`put` replaces whatever is waiting (the replaced item is returned, so the caller
+    can count it as a dropped stale frame); :meth:`get` blocks until an item or
+    :meth:`close`. Frames are never queued: the worker always gets the newest one.
+    """
+
+    def __init__(self) -> None:
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> Tuple[bool, Any]:
+        """Store ``item``; returns (replaced, old item)."""
+        with self._cond:
+            replaced, old = self._full, self._item
+            self._item, self._full = item, True
+            self._cond.notify()
+        return replaced, old
+
+    def get(self, timeout: Optional[float] = None) -> Tuple[bool, Any]:
+        """(True, item) when one came, (False, None) on close or timeout."""
+        with self._cond:
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._full and not self._closed:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False, None
+                self._cond.wait(left)
+            if self._closed:
+                return False, None
+            item, self._item, self._full = self._item, None, False
+            return True, item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._item, self._full = None, False
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class Throttle:
+    """Lets one message per key through every ``period`` seconds; counts the rest."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period = float(period)
+        self._clock = clock
+        self._last: Dict[str, float] = {}
+        self._suppressed: Dict[str, int] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> Optional[int]:
+        """None: stay quiet. Otherwise log now; the value is how many were suppressed."""
+        now = self._clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.period:
+                self._suppressed[key] += 1
+                return None
+            self._last[key] = now
+            return self._suppressed.pop(key, 0)
+
+
+class _Window:
+    """Values of the current reporting period (mean and max)."""
+
+    def __init__(self) -> None:
+        self.n, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, v: float) -> None:
+        self.n += 1
+        self.total += v
+        self.max = max(self.max, v)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+
+class Stats:
+    """Counters of the node, safe to update from the callback and the worker thread."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.received = 0
+        self.processed = 0
+        self.dropped_stale = 0
+        self.bad: Dict[str, int] = collections.Counter()
+        self.resets: Dict[str, int] = collections.Counter()
+        self.errors = 0
+        self.last_error = ""
+        self.last_bad = ""
+        self.streams: Dict[str, int] = collections.Counter()
+        self.published: Dict[str, int] = collections.Counter()  # per output topic
+        self._proc_total = _Window()
+        self._start = clock()
+        # Each consumer of snapshots (diagnostics, log summary) has its own period.
+        self._marks: Dict[str, Tuple[float, int, int, int, int]] = {}
+        self._windows: Dict[str, Tuple[_Window, _Window]] = {}
+        self.last_input: Optional[float] = None
+
+    def on_received(self) -> None:
+        with self._lock:
+            self.received += 1
+            self.last_input = self._clock()
+
+    def on_dropped_stale(self, n: int = 1) -> None:
+        with self._lock:
+            self.dropped_stale += n
+
+    def on_bad(self, reason: str, message: str = "") -> None:
+        with self._lock:
+            self.bad[reason] += 1
+            self.last_bad = f"{reason}: {message}" if message else reason
+
+    def on_error(self, message: str) -> None:
+        with self._lock:
+            self.errors += 1
+            self.last_error = message
+
+    def on_reset(self, reason: str) -> None:
+        with self._lock:
+            self.resets[reason] += 1
+
+    def on_processed(self, stream: str, proc_s: float, latency_s: Optional[float]) -> None:
+        with self._lock:
+            self.processed += 1
+            self.streams[stream] += 1
+            self._proc_total.add(proc_s)
+            for proc, lat in self._windows.values():
+                proc.add(proc_s)
+                if latency_s is not None:
+                    lat.add(latency_s)
+
+    def on_published(self, output: str) -> None:
+        with self._lock:
+            self.published[output] += 1
+
+    def snapshot(self, key: str = "default") -> Dict[str, Any]:
+        """Totals, plus rates and timings of the period since ``key``'s previous snapshot."""
+        with self._lock:
+            now = self._clock()
+            t0, r0, p0, b0, e0 = self._marks.get(key, (self._start, 0, 0, 0, 0))
+            proc, lat = self._windows.get(key, (_Window(), _Window()))
+            dt = max(now - t0, 1e-9)
+            bad_total = sum(self.bad.values())
+            snap = dict(
+                received=self.received, processed=self.processed,
+                dropped_stale=self.dropped_stale, bad=bad_total, bad_by_reason=dict(self.bad),
+                resets=sum(self.resets.values()), resets_by_reason=dict(self.resets),
+                errors=self.errors, last_error=self.last_error, last_bad=self.last_bad,
+                streams=len(self.streams), published=dict(self.published),
+                input_rate_hz=(self.received - r0) / dt, output_rate_hz=(self.processed - p0) / dt,
+                period_bad=bad_total - b0, period_errors=self.errors - e0,
+                period_processed=self.processed - p0,
+                proc_ms_mean=proc.mean * 1e3, proc_ms_max=proc.max * 1e3,
+                latency_ms_mean=lat.mean * 1e3, latency_ms_max=lat.max * 1e3,
+                latency_samples=lat.n,
+                proc_ms_mean_total=self._proc_total.mean * 1e3,
+                since_input_s=None if self.last_input is None else now - self.last_input,
+                uptime_s=now - self._start,
+            )
+            self._marks[key] = (now, self.received, self.processed, bad_total, self.errors)
+            self._windows[key] = (_Window(), _Window())
+            return snap

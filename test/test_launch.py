@@ -1,0 +1,308 @@
+"""launch/segment.launch.py, config/msaf.yaml and config/msaf.rviz.
+
+Static checks need no ROS: the launch file is parsed with ``ast`` and run against stand-in
+``launch``/``launch_ros`` modules. Where launch_ros is importable the real thing is run too;
+elsewhere that test is skipped with the reason shown.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from msaf_ros.params import DEFAULTS, PARAMETERS, USER_PARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = ROOT / "launch" / "segment.launch.py"
+YAML = ROOT / "config" / "msaf.yaml"
+RVIZ = ROOT / "config" / "msaf.rviz"
+ARGUMENTS = {"image_topic", "checkpoint", "device", "namespace", "params_file", "use_sim_time",
+             "rviz"}
+
+
+def console_scripts():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value == "console_scripts":
+                    return {s.split("=")[0].strip() for s in ast.literal_eval(v)}
+    raise AssertionError("no console_scripts in setup.py")
+
+
+def launch_tree():
+    return ast.parse(LAUNCH.read_text(), filename=str(LAUNCH))
+
+
+def constants(tree):
+    """Module-level NAME = <literal> assignments."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def value_of(expr, consts):
+    if isinstance(expr, ast.Constant):
+        return expr.value
+    if isinstance(expr, ast.Name) and expr.id in consts:
+        return consts[expr.id]
+    return None
+
+
+def calls(tree, name):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            fname = f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)
+            if fname == name:
+                yield node
+
+
+# -- static ------------------------------------------------------------------------------------
+def test_launch_names_only_existing_executables():
+    tree = launch_tree()
+    consts = constants(tree)
+    scripts = console_scripts()
+    nodes = list(calls(tree, "Node"))
+    assert nodes, "no launch_ros Node in the launch file"
+    seen = set()
+    for call in nodes:
+        kw = {k.arg: value_of(k.value, consts) for k in call.keywords if k.arg}
+        pkg, exe = kw.get("package"), kw.get("executable")
+        seen.add((pkg, exe))
+        if pkg == "msaf_ros":
+            assert exe in scripts, f"{exe!r} is not a console script of setup.py {scripts}"
+        else:
+            assert (pkg, exe) == ("rviz2", "rviz2"), (pkg, exe)
+    assert ("msaf_ros", "segment_node") in seen
+
+
+def test_launch_arguments_and_parameters():
+    tree = launch_tree()
+    consts = constants(tree)
+    declared = {value_of(c.args[0], consts) for c in calls(tree, "DeclareLaunchArgument")}
+    assert declared == ARGUMENTS
+    # Parameters the launch file sets on the node are parameters the node declares.
+    assert set(consts["PARAMETER_ARGUMENTS"]) <= set(USER_PARAMETERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
+                and node.value.id == "params":
+            key = value_of(node.slice, consts)
+            if key is not None:
+                assert key in set(USER_PARAMETERS) | {"use_sim_time"}, key
+    assert consts["NODE_NAME"] == "segment_node"
+
+
+def test_launch_files_exist_and_imports_are_portable():
+    tree = launch_tree()
+    consts = constants(tree)
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)
+               and isinstance(n.value, str) and n.value.startswith("config/")
+               and " " not in n.value]                  # paths, not docstrings
+    assert set(strings) == {"config/msaf.yaml", "config/msaf.rviz"}
+    for s in strings:
+        assert (ROOT / s).is_file(), s
+    assert consts["PARAMS_FILE"] == "config/msaf.yaml"
+    assert consts["RVIZ_FILE"] == "config/msaf.rviz"
+    # Only APIs present in Humble, Jazzy and Kilted.
+    allowed = {"os", "tempfile", "yaml", "launch", "launch.actions", "launch.substitutions",
+               "launch_ros.actions", "ament_index_python.packages", "msaf_ros.resources"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            assert node.module in allowed, node.module
+            if node.module == "launch_ros.actions":
+                assert [a.name for a in node.names] == ["Node"]
+        elif isinstance(node, ast.Import):
+            assert all(a.name in allowed for a in node.names)
+
+
+def test_yaml_keys_are_the_declared_parameters():
+    data = yaml.safe_load(YAML.read_text())
+    assert list(data) == ["segment_node"]
+    params = data["segment_node"]["ros__parameters"]
+    assert set(params) == set(USER_PARAMETERS)
+    assert params == DEFAULTS                          # the node's in-code defaults agree
+    for p in PARAMETERS:
+        if p.output:
+            continue
+        v = params[p.name]
+        want = {"string": str, "bool": bool, "int": int, "double": float}[p.type]
+        assert type(v) is want, (p.name, v)
+        if p.range is not None:
+            assert p.range[0] <= v <= p.range[1]
+        if p.choices is not None:
+            assert v in p.choices
+
+
+def test_yaml_defaults_validate():
+    from msaf_ros.params import validate
+    params = yaml.safe_load(YAML.read_text())["segment_node"]["ros__parameters"]
+    assert validate(params)["device"] == "auto"
+
+
+def test_rviz_config_is_valid_and_shows_the_topics():
+    cfg = yaml.safe_load(RVIZ.read_text())
+    displays = cfg["Visualization Manager"]["Displays"]
+    images = {d["Name"]: d["Topic"]["Value"] for d in displays
+              if d["Class"] == "rviz_default_plugins/Image"}
+    consts = constants(launch_tree())
+    assert set(images.values()) == set(consts["RVIZ_TOPICS"].values())
+    assert images["Overlay"] == "/overlay" and images["Color mask"] == "/color_mask"
+    for topic in consts["RVIZ_TOPICS"].values():       # what the launch file rewrites
+        assert f"Value: {topic}\n" in RVIZ.read_text()
+    assert "Window Geometry" in cfg and cfg["Visualization Manager"]["Class"] == ""
+
+
+# -- the launch logic against stand-in launch modules ------------------------------------------
+class _Rec:
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name):
+        self.name = name
+
+    def perform(self, context):
+        return context.launch_configurations[self.name]
+
+
+def _fake_modules():
+    mods = {name: types.ModuleType(name) for name in
+            ("launch", "launch.actions", "launch.substitutions", "launch_ros",
+             "launch_ros.actions")}
+    mods["launch"].LaunchDescription = lambda entities: list(entities)
+    mods["launch.actions"].DeclareLaunchArgument = type("DeclareLaunchArgument", (_Rec,), {})
+    mods["launch.actions"].OpaqueFunction = type("OpaqueFunction", (_Rec,), {})
+    mods["launch.substitutions"].LaunchConfiguration = _LaunchConfiguration
+    mods["launch_ros.actions"].Node = type("Node", (_Rec,), {})
+    return mods
+
+
+@pytest.fixture
+def fake_launch(monkeypatch):
+    for name, mod in _fake_modules().items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("msaf_segment_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    entities = module.generate_launch_description()
+    args = {e.args[0]: e.kwargs["default_value"] for e in entities
+            if type(e).__name__ == "DeclareLaunchArgument"}
+    opaque = [e for e in entities if type(e).__name__ == "OpaqueFunction"][0]
+
+    def run(**overrides):
+        ctx = types.SimpleNamespace(launch_configurations={**args, **overrides})
+        return opaque.kwargs["function"](ctx)
+    return types.SimpleNamespace(module=module, defaults=args, run=run)
+
+
+def test_launch_defaults(fake_launch):
+    d = fake_launch.defaults
+    assert set(d) == ARGUMENTS
+    assert Path(d["params_file"]).resolve() == YAML.resolve() or \
+        Path(d["params_file"]).name == "msaf.yaml"
+    actions = fake_launch.run()
+    assert len(actions) == 1                              # no rviz by default
+    node = actions[0]
+    assert node.kwargs["package"] == "msaf_ros" and node.kwargs["executable"] == "segment_node"
+    assert node.kwargs["name"] == "segment_node" and "namespace" not in node.kwargs
+    params = node.kwargs["parameters"][0]
+    assert params == {**DEFAULTS, "use_sim_time": False}
+    assert node.kwargs["remappings"] == [("image", "/camera/image_raw")]
+
+
+def test_launch_overrides_namespace_and_rviz(fake_launch, tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("/front/segment_node:\n  ros__parameters:\n    overlay_alpha: 0.8\n"
+                   "    qos_overrides:\n      /front/image:\n        subscription:\n"
+                   "          depth: 1\n")
+    actions = fake_launch.run(checkpoint="/m/model.pt", device="cpu", namespace="front",
+                              params_file=str(own), use_sim_time="true", rviz="true",
+                              image_topic="/cam_front/image_raw")
+    node, rviz = actions
+    params = node.kwargs["parameters"][0]
+    assert params["checkpoint"] == "/m/model.pt" and params["device"] == "cpu"
+    assert params["overlay_alpha"] == 0.8 and params["use_sim_time"] is True
+    assert params["qos_overrides"] == {"/front/image": {"subscription": {"depth": 1}}}
+    assert node.kwargs["namespace"] == "front"
+    assert node.kwargs["remappings"] == [("image", "/cam_front/image_raw")]
+    assert rviz.kwargs["package"] == "rviz2" and rviz.kwargs["arguments"][0] == "-d"
+    cfg_path = rviz.kwargs["arguments"][1]
+    try:
+        cfg = yaml.safe_load(Path(cfg_path).read_text())
+        topics = {d["Name"]: d["Topic"]["Value"] for d in cfg["Visualization Manager"]["Displays"]}
+        assert topics == {"Input": "/cam_front/image_raw", "Overlay": "/front/overlay",
+                          "Color mask": "/front/color_mask"}
+    finally:
+        os.unlink(cfg_path)
+
+
+# -- the real launch ------------------------------------------------------------------------
+def test_real_launch_starts_the_node(tiny_checkpoint, tmp_path):
+    pytest.importorskip("launch_ros", reason="launch_ros is not installed (needs a ROS 2 "
+                                             "distro: Humble, Jazzy or Kilted)")
+    launch = pytest.importorskip("launch", reason="ROS 2 'launch' is not installed")
+    if not hasattr(launch, "LaunchService"):   # the repository's launch/ folder, not ROS
+        pytest.skip("ROS 2 'launch' is not installed")
+    try:
+        from ament_index_python.packages import get_package_prefix
+        prefix = Path(get_package_prefix("msaf_ros"))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"msaf_ros is not installed in an ament workspace ({e})")
+    if not (prefix / "lib" / "msaf_ros" / "segment_node").exists():
+        pytest.skip(f"no {prefix}/lib/msaf_ros/segment_node (build with colcon)")
+    script = (
+        "import sys\n"
+        "from launch import LaunchDescription, LaunchService\n"
+        "from launch.actions import IncludeLaunchDescription\n"
+        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
+        f"src = PythonLaunchDescriptionSource({str(LAUNCH)!r})\n"
+        "args = {'checkpoint': sys.argv[1], 'namespace': 'lt', 'image_topic': '/lt/image',\n"
+        "        'device': 'cpu'}\n"
+        "ls = LaunchService()\n"
+        "ls.include_launch_description(LaunchDescription(\n"
+        "    [IncludeLaunchDescription(src, launch_arguments=args.items())]))\n"
+        "sys.exit(ls.run())\n")
+    from msaf_ros.testing import node_env
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_checkpoint)],
+                                env=node_env(79), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            end = time.monotonic() + 90
+            while time.monotonic() < end and "listening on /lt/image" not in log.read_text():
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+            assert "listening on /lt/image" in log.read_text(), log.read_text()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert "Traceback" not in log.read_text()
+
+
+def test_resources_find_the_share_files():
+    from msaf_ros import resources
+    assert resources.default_params_file().is_file()
+    assert resources.rviz_config().is_file()
+    assert resources.launch_file().is_file()
+    assert resources.default_params_file().read_text() == YAML.read_text()
+    assert resources.candidates()[-1] == ROOT
