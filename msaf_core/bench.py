@@ -4,6 +4,7 @@
                [--repeats 10] [--warmup 3] [--threads N] [--device cpu|cuda] [--half]
                [--precision fp32|bf16] [--json FILE]
     msaf-bench transformer [--size 1024x512] [--json FILE]
+    msaf-bench dcn [--size 480x360]
 
 For each input size and backbone, in one run (so ratios hold on a noisy machine):
 
@@ -259,6 +260,42 @@ def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: i
     return out
 
 
+def bench_dcn(size: tuple, repeats: int, warmup: int, dim: int = 128,
+              groups: int = 8) -> Dict[str, object]:
+    """torchvision's deform_conv2d against our grid_sample formulation, same inputs."""
+    from torchvision.ops import deform_conv2d
+
+    from .model import modulated_deform_conv
+    w, h = size
+    gh, gw = (h + 7) // 8, (w + 7) // 8
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, dim, gh, gw, generator=g, requires_grad=True)
+    off = (2 * torch.randn(1, 2 * groups * 9, gh, gw, generator=g)).requires_grad_()
+    mask = torch.rand(1, groups * 9, gh, gw, generator=g)
+    wt = (0.05 * torch.randn(dim, dim, 3, 3, generator=g)).requires_grad_()
+    b = torch.zeros(dim)
+    fns = {"torchvision": lambda: deform_conv2d(x, off, wt, b, padding=1, mask=mask),
+           "grid_sample": lambda: modulated_deform_conv(x, off, mask, wt, b, groups)}
+    out: Dict[str, object] = {"grid": f"{gw}x{gh}", "channels": dim, "offset_groups": groups}
+    for k, fn in fns.items():
+        fwd, fb = [], []
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                fn()
+            t1 = time.perf_counter()
+            fn().square().sum().backward()
+            t2 = time.perf_counter()
+            if i >= warmup:
+                fwd.append(t1 - t0)
+                fb.append(t2 - t1)
+        out[f"{k}_forward_ms"] = statistics.median(fwd) * 1000
+        out[f"{k}_forward_backward_ms"] = statistics.median(fb) * 1000
+    with torch.no_grad():
+        out["max_abs_difference"] = float((fns["torchvision"]() - fns["grid_sample"]()).abs().max())
+    return out
+
+
 def _size(s: str) -> tuple:
     try:
         w, h = s.lower().split("x")
@@ -284,7 +321,7 @@ def _machine(device: torch.device) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = "model"
-    if argv and argv[0] in ("transformer", "model"):
+    if argv and argv[0] in ("transformer", "model", "dcn"):
         mode = argv.pop(0)
     p = argparse.ArgumentParser(prog="msaf-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -307,7 +344,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta = {"date": date.today().isoformat(), "machine": _machine(device),
             "torch": torch.__version__, "command": "msaf-bench " + " ".join(sys.argv[1:] if argv is None else argv)}
     results: List[Dict[str, object]] = []
-    if mode == "transformer":
+    if mode == "dcn":
+        r = bench_dcn(args.size, args.repeats, args.warmup)
+        results.append(r)
+        print(f"deformable alignment at grid {r['grid']} ({r['channels']} channels, "
+              f"{r['offset_groups']} offset groups), {meta['machine']}")
+        for k in ("torchvision", "grid_sample"):
+            print(f"  {k:<12} forward {r[f'{k}_forward_ms']:8.1f} ms   forward+backward "
+                  f"{r[f'{k}_forward_backward_ms']:8.1f} ms")
+        print(f"  max |difference| {r['max_abs_difference']:.2e}")
+    elif mode == "transformer":
         r = bench_transformer(args.size, device, args.repeats, args.warmup)
         results.append(r)
         print(f"decoupled vs joint spatio-temporal transformer, grid {r['grid']} "
