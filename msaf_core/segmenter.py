@@ -13,7 +13,10 @@ The cache of a stream resets (and ``on_reset(stream, reason)`` is called) when:
 - the frame size changes (``'resolution'``);
 - the stamp does not advance: it goes backwards, as when a bag loops, or repeats
   (``'time-backwards'`` / ``'duplicate-stamp'``);
-- the gap since the previous frame exceeds ``max_gap_s`` (``'gap'``);
+- the gap since the previous frame exceeds ``max_gap_s`` (``'gap'``). A caller that skips
+  frames (the node drops stale ones when the model is slower than the camera) reports them
+  with :meth:`observe`, so that the gap is measured between frames that *arrived*, not
+  between frames that were segmented;
 - ``reset()`` is called (no callback).
 """
 
@@ -41,6 +44,7 @@ class _Stream:
     feats: Deque[torch.Tensor] = field(default_factory=lambda: collections.deque(maxlen=2))
     size: Optional[Tuple[int, int]] = None
     stamp_ns: Optional[int] = None
+    seen_ns: Optional[int] = None  # newest stamp observed but not segmented (dropped frames)
     frames: int = 0
     resets: int = 0
 
@@ -151,6 +155,14 @@ class Segmenter:
             else:
                 self._streams.pop(stream, None)
 
+    def observe(self, stream: str, stamp_ns: int) -> None:
+        """Note that a frame of ``stream`` stamped ``stamp_ns`` arrived but is skipped: the
+        stream stayed alive, so the gap rule measures from it. Does not touch the cache."""
+        with self._lock:
+            st = self._streams.get(stream)
+            if st is not None and (st.seen_ns is None or stamp_ns > st.seen_ns):
+                st.seen_ns = stamp_ns
+
     def cache_len(self, stream: str = "default") -> int:
         s = self._streams.get(stream)
         return 0 if s is None else len(s.feats)
@@ -225,12 +237,16 @@ class Segmenter:
                         reason = "time-backwards"
                     elif stamp_ns == st.stamp_ns:
                         reason = "duplicate-stamp"
-                    elif self.max_gap_ns is not None and stamp_ns - st.stamp_ns > self.max_gap_ns:
-                        reason = "gap"
+                    else:
+                        ref = st.stamp_ns  # last segmented, or a later skipped frame
+                        if st.seen_ns is not None and ref < st.seen_ns <= stamp_ns:
+                            ref = st.seen_ns
+                        if self.max_gap_ns is not None and stamp_ns - ref > self.max_gap_ns:
+                            reason = "gap"
             if reason is not None:
                 st.feats.clear()
                 st.resets += 1
-            st.size, st.stamp_ns = (h, w), stamp_ns
+            st.size, st.stamp_ns, st.seen_ns = (h, w), stamp_ns, None
         if reason is not None and self.on_reset is not None:
             self.on_reset(stream, reason)
 

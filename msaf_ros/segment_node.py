@@ -302,9 +302,15 @@ class SegmentNode:
             except ic.ImageDecodeError as e:
                 self._bad(e.reason, str(e), msg)
                 return
-        replaced, _ = self.slot.put((msg, time.monotonic()))
+        replaced, old = self.slot.put((msg, time.monotonic()))
         if replaced:
             self.stats.on_dropped_stale()
+            # the skipped frame still shows the stream is alive: the gap rule measures
+            # between frames that arrived, not between frames the (slower) model segmented
+            old_header = old[0].header
+            old_stamp = stamp_to_ns(old_header.stamp)
+            if old_stamp:
+                self.seg.observe(old_header.frame_id, old_stamp)
 
     def _check_size(self, h: int, w: int) -> None:
         if min(h, w) < MIN_SIDE:

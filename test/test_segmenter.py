@@ -47,6 +47,22 @@ def test_stream_with_resets_equals_reference(frames):
         np.testing.assert_array_equal(a, b)
 
 
+def test_gap_counts_from_observed_skipped_frames(frames):
+    seg = Segmenter(make_tiny_model(), max_gap_s=0.5)
+    reasons = []
+    seg.on_reset = lambda s, r: reasons.append(r)
+    seg.segment(frames[0], stamp_ns=0)
+    for t in range(100, 2000, 100):  # a slow model: frames arrive every 0.1 s, are skipped
+        seg.observe("default", t * MS)
+    seg.segment(frames[1], stamp_ns=2000 * MS)  # 2 s after the last segmented frame
+    assert reasons == [] and seg.cache_len() == 2
+    seg.segment(frames[2], stamp_ns=3000 * MS)  # nothing arrived for 1 s: a real gap
+    assert reasons == ["gap"] and seg.cache_len() == 1
+    seg.observe("default", 100 * MS)  # an old stamp neither resets nor bridges anything
+    seg.segment(frames[3], stamp_ns=3100 * MS)
+    assert reasons == ["gap"]
+
+
 def test_manual_reset_and_duplicate_stamp(frames):
     seg = Segmenter(make_tiny_model())
     reasons = []
