@@ -55,6 +55,8 @@ setup(
             "msaf-bench = msaf_core.bench:main",
             "msaf-bag = msaf_ros.bag_tool:main",
             "msaf-demo = msaf_ros.demo:main",
+            "msaf-bench-node = msaf_ros.bench_node:main",
+            "msaf-soak = msaf_ros.soak:main",
         ],
     },
 )
