@@ -379,7 +379,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"{ms['single_frame_limit']:.1f} ms")
                 print(f"  streamed/uncached {r['ratio_streamed_vs_uncached']:.2f} (target <= 0.45) | "
                       f"streamed/limit {r['ratio_streamed_vs_single_frame_limit']:.2f} (target <= 1.5)")
-                print(f"  peak memory MB: " + ", ".join(f"{k} +{v:.0f}" for k, v in r["peak_mem_mb"].items()))
+                print("  peak memory MB: " + ", ".join(f"{k} +{v:.0f}" for k, v in r["peak_mem_mb"].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)

@@ -87,11 +87,10 @@ class TemporalConsistency:
 
     def __init__(self, num_classes: int) -> None:
         try:
-            import cv2  # noqa: F401
+            import cv2
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("temporal consistency needs OpenCV: pip install "
                               "opencv-python-headless (or the [eval] extra)") from e
-        import cv2
         self._cv2 = cv2
         self._dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         self.k = num_classes

@@ -849,27 +849,34 @@ def run(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     return (0 if report["correspondence"]["ok"] else 1), report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def cli_main(prog: str, argv: Optional[Sequence[str]], parser: argparse.ArgumentParser,
+             run_fn, print_fn) -> int:
+    """Shared entry point of bench_node and soak: parse, run with signal handling, report.
+    Exit codes: the run's own (0 ok, 1 a failed check), 2 cannot run, 130 interrupted."""
+    args = parser.parse_args(argv)
     if args.warmup < 0:
-        print("bench_node: error: --warmup must be >= 0", file=sys.stderr)
+        print(f"{prog}: error: --warmup must be >= 0", file=sys.stderr)
         return 2
     old = install_signal_handlers()
     try:
-        code, report = run(args)
+        code, report = run_fn(args)
     except BenchError as e:
-        print(f"bench_node: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
-        print(f"bench_node: interrupted ({e}); the node was stopped", file=sys.stderr)
+        print(f"{prog}: interrupted ({e}); the node was stopped", file=sys.stderr)
         return 130
     finally:
         restore_signal_handlers(old)
-    print_table(report)
+    print_fn(report)
     write_json(args.json, report)
     if args.json:
         print(f"report: {args.json}")
     return code
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return cli_main("bench_node", argv, build_parser(), run, print_table)
 
 
 if __name__ == "__main__":

@@ -40,10 +40,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_node import (FRAME_ID, LABELS, BenchError, Harness, Interrupted, environment,
-                         install_signal_handlers, load_frames, node_param, parse_size,
-                         positive, restore_signal_handlers, slope_per_min, stats_ms,
-                         write_json)
+from .bench_node import (FRAME_ID, LABELS, BenchError, Harness, cli_main, environment,
+                         load_frames, node_param, parse_size, positive, slope_per_min,
+                         stats_ms)
 
 DEFAULT_DOMAIN = 92
 EDGE_S = 5.0     # RSS start/end: median of the samples in the first/last 5 s of the run
@@ -319,26 +318,7 @@ def print_summary(r: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.warmup < 0:
-        print("soak: error: --warmup must be >= 0", file=sys.stderr)
-        return 2
-    old = install_signal_handlers()
-    try:
-        code, report = run(args)
-    except BenchError as e:
-        print(f"soak: error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:
-        print(f"soak: interrupted ({e}); the node was stopped", file=sys.stderr)
-        return 130
-    finally:
-        restore_signal_handlers(old)
-    print_summary(report)
-    write_json(args.json, report)
-    if args.json:
-        print(f"report: {args.json}")
-    return code
+    return cli_main("soak", argv, build_parser(), run, print_summary)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from msaf_core import MSAF, MSAFConfig, VARIANTS, msaf_loss
+from msaf_core import MSAFConfig, VARIANTS, msaf_loss
 from msaf_core.backbone import DilatedResNet
 
 from conftest import make_tiny_model
