@@ -454,6 +454,34 @@ def test_bundled_checkpoint_missing(tmp_path):
         n.close()
 
 
+def test_bundled_model_segments_a_real_frame(probe, val_frames):
+    """Out of the box (checkpoint ''), the node loads the bundled model and segments a real
+    CamVid frame as well as the model does in-process, and plausibly (vs ground truth)."""
+    from msaf_core import Segmenter, default_checkpoint
+    if not default_checkpoint().is_file():
+        pytest.skip("the bundled model is not installed")
+    frames, labels = val_frames
+    n = NodeProcess({"checkpoint": "", "qos_reliability": "reliable", "threads": 1}, DOMAIN,
+                    remaps=[("image", "/cam3/image_raw")], args=["-r", "__ns:=/bundled"]).start()
+    try:
+        n.wait_ready(timeout=120)
+        pub = probe.publisher(Image, "/cam3/image_raw")
+        box = probe.subscribe(Image, "/bundled/labels")
+        probe.wait_matched([pub], ["/bundled/labels"])
+        pub.publish(image_msg(frames[0], "cam3", T0))
+        assert probe.spin_until(lambda: find(box, "cam3", T0) is not None, 120), n.output[-2000:]
+        got = msg_array(find(box, "cam3", T0))
+        assert got.shape == frames[0].shape[:2]
+        import torch
+        torch.set_num_threads(1)
+        ref = Segmenter.from_checkpoint(None, max_gap_s=MAX_GAP).segment(frames[0], "x", T0)
+        np.testing.assert_array_equal(got, ref)
+        valid = labels[0] < 11
+        assert np.mean(got[valid] == labels[0][valid]) > 0.8  # a trained model, not noise
+    finally:
+        n.close()
+
+
 def test_console_script_entry_point():
     """setup.py declares segment_node = msaf_ros.segment_node:main."""
     from msaf_ros import segment_node
