@@ -682,17 +682,22 @@ def _fmt(v: Any, spec: str = ".0f") -> str:
 
 
 # -- bench_node ---------------------------------------------------------------------------------
+def add_node_arguments(p: argparse.ArgumentParser) -> None:
+    """The node options bench_node and soak share."""
+    p.add_argument("--checkpoint", "-c", default="",
+                   help="msaf checkpoint for the node ('' = the bundled model)")
+    p.add_argument("--device", default="cpu", help="node parameter device (cpu)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="node parameter threads: torch threads (0 = torch's default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m msaf_ros.bench_node",
         description="End-to-end benchmark of segment_node over real DDS: publishes camera "
                     "frames at given rates and measures labels received, frames dropped and "
                     "latency (input stamp to labels arrival).")
-    p.add_argument("--checkpoint", "-c", default="",
-                   help="msaf checkpoint for the node ('' = the bundled model)")
-    p.add_argument("--device", default="cpu", help="node parameter device (cpu)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="node parameter threads: torch threads (0 = torch's default)")
+    add_node_arguments(p)
     p.add_argument("--rates", type=positive(float), nargs="+", default=[5.0, 10.0, 30.0],
                    help="input rates in Hz, one run each (5 10 30)")
     p.add_argument("--duration", type=positive(float), default=30.0,

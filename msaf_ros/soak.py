@@ -40,7 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_node import (FRAME_ID, LABELS, BenchError, Harness, cli_main, environment,
+from .bench_node import (FRAME_ID, LABELS, BenchError, Harness, add_node_arguments, cli_main,
+                         environment,
                          load_frames, node_param, parse_size, positive, slope_per_min,
                          stats_ms)
 
@@ -54,11 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Soak test of segment_node: --frames frames at --rate Hz; latency must "
                     "stay bounded, memory flat, every output must match a sent frame; then "
                     "SIGINT/SIGTERM must end the node cleanly.")
-    p.add_argument("--checkpoint", "-c", default="",
-                   help="msaf checkpoint for the node ('' = the bundled model)")
-    p.add_argument("--device", default="cpu", help="node parameter device (cpu)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="node parameter threads: torch threads (0 = torch's default)")
+    add_node_arguments(p)
     p.add_argument("--frames", type=positive(int), default=2000,
                    help="frames published in the measured run (2000)")
     p.add_argument("--rate", type=positive(float), default=30.0, help="input rate, Hz (30)")

@@ -233,3 +233,21 @@ def msg_array(msg: Any) -> np.ndarray:
 
 def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def wait_diagnostics(probe: Any, cond: Any, timeout: float, log: str = "") -> Dict[str, Any]:
+    """Spin ``probe`` until a /diagnostics message newer than the call satisfies ``cond``
+    (a predicate on ``diagnostics_values``); returns those values, or fails the test."""
+    box = probe.received["/diagnostics"]
+    start = len(box)
+    out: Dict[str, Any] = {}
+
+    def ok() -> bool:
+        for arr in box[start:]:
+            d = diagnostics_values(arr)
+            if d is not None and cond(d):
+                out["d"] = d
+                return True
+        return False
+    assert probe.spin_until(ok, timeout), f"no matching /diagnostics message\n{log}"
+    return out["d"]

@@ -20,8 +20,8 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from msaf_ros.testing import (NodeProcess, Probe, diagnostics_values, image_msg,  # noqa: E402
-                              msg_array, stamp_ns)
+from msaf_ros.testing import (NodeProcess, Probe, image_msg,  # noqa: E402
+                              msg_array, stamp_ns, wait_diagnostics)
 
 DOMAIN = 61
 ALPHA = 0.4
@@ -106,19 +106,7 @@ def send(io, rgb, frame_id, stamp, outputs=("/labels",), timeout=60.0, encoding=
 
 
 def latest_diag(io, cond=lambda d: True, timeout=10.0):
-    box = io.probe.received["/diagnostics"]
-    start = len(box)
-    holder = {}
-
-    def ok():
-        for arr in box[start:]:
-            d = diagnostics_values(arr)
-            if d is not None and cond(d):
-                holder["d"] = d
-                return True
-        return False
-    assert io.probe.spin_until(ok, timeout), "no matching /diagnostics message"
-    return holder["d"]
+    return wait_diagnostics(io.probe, cond, timeout)
 
 
 # -- outputs -----------------------------------------------------------------------------------

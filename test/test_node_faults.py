@@ -18,8 +18,8 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not importable")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
-from msaf_ros.testing import (NodeProcess, Probe, diagnostics_values, image_msg,  # noqa: E402
-                              msg_array, stamp_ns)
+from msaf_ros.testing import (NodeProcess, Probe, image_msg,  # noqa: E402
+                              msg_array, stamp_ns, wait_diagnostics)
 
 DOMAIN = 65
 SEC = 1_000_000_000
@@ -93,20 +93,7 @@ def wait_labels(io, frame_id, stamp, start, timeout=60.0):
 
 
 def diag(io, cond, timeout=15.0):
-    box = io.probe.received["/diagnostics"]
-    start = len(box)
-    out = {}
-
-    def ok():
-        for arr in box[start:]:
-            d = diagnostics_values(arr)
-            if d is not None and cond(d):
-                out["d"] = d
-                return True
-        return False
-    assert io.probe.spin_until(ok, timeout), \
-        f"diagnostics never matched:\n{io.node.output[-1500:]}"
-    return out["d"]
+    return wait_diagnostics(io.probe, cond, timeout, io.node.output[-1500:])
 
 
 def good(rgb, fid, stamp):
