@@ -340,13 +340,11 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             if do_eval:
                 from .evaluate import evaluate_stream
                 from .segmenter import Segmenter
-                model.eval()
-                eval_model = MSAF(cfg)
+                eval_model = MSAF(cfg)  # a copy: the Segmenter changes mode and layout
                 eval_model.load_state_dict(model.state_dict())
                 seg = Segmenter(eval_model, "cpu" if device.type == "cpu" else device,
                                 max_gap_s=None)
                 res = evaluate_stream(seg, val_ds, tc=False)
-                model.train()
                 miou = float(res["miou"])
                 rec = {"step": step, "eval": args.eval_split, "miou": miou, "fps": res["fps"],
                        "iou": res["iou"], "time": time.time()}

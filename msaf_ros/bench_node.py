@@ -683,12 +683,21 @@ def _fmt(v: Any, spec: str = ".0f") -> str:
 
 # -- bench_node ---------------------------------------------------------------------------------
 def add_node_arguments(p: argparse.ArgumentParser) -> None:
-    """The node options bench_node and soak share."""
+    """The node and frame options bench_node and soak share."""
     p.add_argument("--checkpoint", "-c", default="",
                    help="msaf checkpoint for the node ('' = the bundled model)")
     p.add_argument("--device", default="cpu", help="node parameter device (cpu)")
     p.add_argument("--threads", type=int, default=0,
                    help="node parameter threads: torch threads (0 = torch's default)")
+    p.add_argument("--diag-period", type=positive(float), default=1.0,
+                   help="node parameter diagnostics_period in seconds (1.0)")
+    p.add_argument("--node-arg", type=node_param, action="append", default=[],
+                   metavar="NAME:=VALUE", help="extra node parameter (repeatable), e.g. "
+                                               "inference_height:=360")
+    p.add_argument("--frames-dir", type=Path, default=None,
+                   help="folder of images published in name order (default: $MSAF_CAMVID/val, "
+                        "../shared/camvid/val, else the bundled sample drive)")
+    p.add_argument("--frame-id", default=FRAME_ID, help=f"header.frame_id ({FRAME_ID})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -706,20 +715,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds published at each rate before measuring (5)")
     p.add_argument("--size", type=parse_size, default=(480, 360),
                    help="frame size WIDTHxHEIGHT the frames are resized to (480x360)")
-    p.add_argument("--frames-dir", type=Path, default=None,
-                   help="folder of images published in name order (default: $MSAF_CAMVID/val, "
-                        "../shared/camvid/val, else the bundled sample drive)")
-    p.add_argument("--frame-id", default=FRAME_ID, help=f"header.frame_id ({FRAME_ID})")
     p.add_argument("--subscribe-all", action="store_true",
                    help="also subscribe color_mask and overlay (the node then computes them)")
     p.add_argument("--reliable", action="store_true",
                    help="reliable input (publisher and node's qos_reliability); default best "
                         "effort, the sensor-data profile")
-    p.add_argument("--diag-period", type=positive(float), default=1.0,
-                   help="node parameter diagnostics_period in seconds (1.0)")
-    p.add_argument("--node-arg", type=node_param, action="append", default=[],
-                   metavar="NAME:=VALUE", help="extra node parameter (repeatable), e.g. "
-                                               "inference_height:=360")
     p.add_argument("--domain-id", type=int, default=DEFAULT_DOMAIN,
                    help=f"ROS_DOMAIN_ID of the node and the benchmark ({DEFAULT_DOMAIN}); "
                         f"discovery is localhost only")

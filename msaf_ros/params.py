@@ -51,8 +51,9 @@ PARAMETERS: Tuple[Param, ...] = (
           "Weight of the colour mask in the overlay: (1-alpha)*frame + alpha*mask.",
           hint="use a value in 0.0..1.0, e.g. overlay_alpha:=0.5", range=(0.0, 1.0)),
     Param("max_gap", "double", 1.5,
-          "Largest gap between a camera's stamps (seconds) that keeps its feature cache; "
-          "a longer gap resets the cache. 0 = no limit.",
+          "Largest gap (seconds) between the stamps of frames arriving from a camera that "
+          "keeps its feature cache; a longer gap resets the cache. Frames dropped as stale "
+          "count as arrivals. 0 = no limit.",
           hint="use seconds >= 0, e.g. max_gap:=1.5", range=(0.0, 3600.0)),
     Param("max_pixels", "int", 8_388_608,
           "Frames with more pixels (width*height) are dropped with a warning; 0 = no limit. "

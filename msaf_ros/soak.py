@@ -40,10 +40,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_node import (FRAME_ID, LABELS, BenchError, Harness, add_node_arguments, cli_main,
-                         environment,
-                         load_frames, node_param, parse_size, positive, slope_per_min,
-                         stats_ms)
+from .bench_node import (LABELS, BenchError, Harness, add_node_arguments, cli_main, environment,
+                         load_frames, parse_size, positive, slope_per_min, stats_ms)
 
 DEFAULT_DOMAIN = 92
 EDGE_S = 5.0     # RSS start/end: median of the samples in the first/last 5 s of the run
@@ -63,16 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame size WIDTHxHEIGHT (1024x512)")
     p.add_argument("--warmup", type=float, default=10.0,
                    help="seconds published before the measured run (10)")
-    p.add_argument("--frames-dir", type=Path, default=None,
-                   help="folder of images published in name order (default: $MSAF_CAMVID/val, "
-                        "../shared/camvid/val, else the bundled sample drive)")
-    p.add_argument("--frame-id", default=FRAME_ID, help=f"header.frame_id ({FRAME_ID})")
     p.add_argument("--reliable", action="store_true",
                    help="reliable input (publisher and node's qos_reliability)")
-    p.add_argument("--diag-period", type=positive(float), default=1.0,
-                   help="node parameter diagnostics_period in seconds (1.0)")
-    p.add_argument("--node-arg", type=node_param, action="append", default=[],
-                   metavar="NAME:=VALUE", help="extra node parameter (repeatable)")
     p.add_argument("--domain-id", type=int, default=DEFAULT_DOMAIN,
                    help=f"ROS_DOMAIN_ID of the node and the test ({DEFAULT_DOMAIN})")
     p.add_argument("--signal", choices=("INT", "TERM"), default="INT",

@@ -370,20 +370,27 @@ def _small_bag(tmp_path, storage, n=4, name="in"):
     return write_bag(tmp_path / name, storage, camera_messages("rgb8", n=n))
 
 
-def test_truncated_mcap(tmp_path, tiny_checkpoint, capsys):
-    inp = _small_bag(tmp_path, "mcap")
-    f = inp / "in.mcap"
-    data = f.read_bytes()
-    f.write_bytes(data[: len(data) // 2])                      # cut in half
+def refuse_corrupt(inp, tmp_path, tiny_checkpoint, capsys):
+    """Segment a damaged bag: exit 1 with one line, no output left, the input untouched.
+    Returns stderr."""
     before = tree_hash(inp)
     out = tmp_path / "out"
     rc, _, err = run_cli(["segment", inp, out, "-t", "/camera/image_raw",
                           "--checkpoint", tiny_checkpoint, "--device", "cpu"], capsys)
     assert rc == 1
     assert_one_line_error(err)
-    assert "truncated or corrupt" in err
     assert_no_output(out)
     assert tree_hash(inp) == before
+    return err
+
+
+def test_truncated_mcap(tmp_path, tiny_checkpoint, capsys):
+    inp = _small_bag(tmp_path, "mcap")
+    f = inp / "in.mcap"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])                      # cut in half
+    err = refuse_corrupt(inp, tmp_path, tiny_checkpoint, capsys)
+    assert "truncated or corrupt" in err
 
 
 def test_truncated_mcap_file_subprocess_no_traceback(tmp_path, tiny_checkpoint):
@@ -417,14 +424,7 @@ def test_corrupt_mcap_chunk(tmp_path, tiny_checkpoint, capsys):
     start += 4 + int.from_bytes(data[start:start + 4], "little") + 8   # 'zstd', data length
     data[start:start + 8] = b"\xff" * 8                  # clobber the zstd frame header
     f.write_bytes(bytes(data))
-    before = tree_hash(inp)
-    out = tmp_path / "out"
-    rc, _, err = run_cli(["segment", inp, out, "-t", "/camera/image_raw",
-                          "--checkpoint", tiny_checkpoint, "--device", "cpu"], capsys)
-    assert rc == 1
-    assert_one_line_error(err)
-    assert_no_output(out)
-    assert tree_hash(inp) == before
+    refuse_corrupt(inp, tmp_path, tiny_checkpoint, capsys)
 
 
 def test_corrupt_sqlite3(tmp_path, tiny_checkpoint, capsys):
@@ -433,14 +433,7 @@ def test_corrupt_sqlite3(tmp_path, tiny_checkpoint, capsys):
     data = bytearray(f.read_bytes())
     data[100:len(data) - 100] = (b"garbage!" * len(data))[: len(data) - 200]
     f.write_bytes(bytes(data))
-    before = tree_hash(inp)
-    out = tmp_path / "out"
-    rc, _, err = run_cli(["segment", inp, out, "-t", "/camera/image_raw",
-                          "--checkpoint", tiny_checkpoint, "--device", "cpu"], capsys)
-    assert rc == 1
-    assert_one_line_error(err)
-    assert_no_output(out)
-    assert tree_hash(inp) == before
+    refuse_corrupt(inp, tmp_path, tiny_checkpoint, capsys)
 
 
 def test_not_a_bag_and_missing_topic(tmp_path, tiny_checkpoint, capsys):
