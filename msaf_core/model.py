@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,13 @@ from .backbone import DilatedResNet
 from .config import MSAFConfig
 
 
+#: Rows (pixels, or queries of a long sequence) per chunk of the transformer blocks at
+#: inference; see ``per_pixel_block`` and ``TransformerBlock._forward_query_chunks``.
+INFER_CHUNK = 1024
+#: Output pixels per block of the deformable convolution at inference.
+DCN_CHUNK = 512
+
+
 def _no_timer(name: str) -> ContextManager:
     return contextlib.nullcontext()
 
@@ -46,7 +53,13 @@ def _no_timer(name: str) -> ContextManager:
 # Building blocks
 # -------------------------------------------------------------------------------------------
 class Attention(nn.Module):
-    """Multi-head scaled dot-product self-attention over a token axis."""
+    """Multi-head scaled dot-product self-attention over a token axis.
+
+    ``query`` (an index or a slice of the token axis) computes the output of those tokens
+    only: their queries against the keys and values of all tokens. The result equals those
+    rows of the full attention; the motion branch uses it because only M^t of the temporal
+    transformer is ever consumed.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -54,15 +67,29 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:  # x (N, L, d)
+    def forward(self, x: Tensor, query: Union[int, slice, None] = None) -> Tensor:  # x (N, L, d)
         n, length, d = x.shape
-        qkv = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, heads, L, d/heads)
-        return self.proj(y.transpose(1, 2).reshape(n, length, d))
+        hd = d // self.heads
+        if query is None:
+            qkv = self.qkv(x).reshape(n, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]                          # (N, heads, L, d/heads)
+        else:
+            w, b = self.qkv.weight, self.qkv.bias
+            sel = slice(query, query + 1) if isinstance(query, int) else query
+            q = F.linear(x[:, sel], w[:d], b[:d])                      # (N, Lq, d)
+            q = q.reshape(n, -1, self.heads, hd).transpose(1, 2)
+            kv = F.linear(x, w[d:], b[d:]).reshape(n, length, 2, self.heads, hd)
+            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                # (N, heads, L, d/heads)
+        y = F.scaled_dot_product_attention(q, k, v)                   # (N, heads, Lq, d/heads)
+        return self.proj(y.transpose(1, 2).reshape(n, -1, d))
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block of Eq. (3): X' = Attn(LN(X)) + X;  Y = MLP(LN(X')) + X'."""
+    """Pre-LN block of Eq. (3): X' = Attn(LN(X)) + X;  Y = MLP(LN(X')) + X'.
+
+    ``query`` (an index or a slice) returns only those tokens' outputs, (N, Lq, d), computed
+    exactly (their attention still reads every token); the other rows and MLPs are skipped.
+    """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -72,9 +99,64 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor) -> Tensor:  # (N, L, d)
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: Tensor, query: Union[int, slice, None] = None) -> Tensor:  # (N, L, d)
+        if query is None and x.shape[1] > INFER_CHUNK and not torch.is_grad_enabled():
+            return self._forward_query_chunks(x)
+        # The residual sums are accumulated into the fresh outputs of the attention and the
+        # MLP (their backward does not need them): fewer large temporaries per call.
+        if query is None:
+            x = self.attn(self.norm1(x)).add_(x)
+        else:
+            sel = slice(query, query + 1) if isinstance(query, int) else query
+            x = self.attn(self.norm1(x), sel).add_(x[:, sel])
+        return self.mlp(self.norm2(x)).add_(x)
+
+    def _forward_query_chunks(self, x: Tensor) -> Tensor:
+        """Inference over a long sequence (PST's h·w tokens): keys and values once, then
+        the queries ``INFER_CHUNK`` at a time through attention, projection, residuals and
+        MLP. Every row is computed exactly as in :meth:`forward`, but the per-token
+        temporaries stay small (cache-resident, no fresh pages per call)."""
+        n, length, d = x.shape
+        a = self.attn
+        hd = d // a.heads
+        h = self.norm1(x)
+        w, b = a.qkv.weight, a.qkv.bias
+        kv = F.linear(h, w[d:], b[d:]).reshape(n, length, 2, a.heads, hd).permute(2, 0, 3, 1, 4)
+        k, v = kv[0].contiguous(), kv[1].contiguous()              # (N, heads, L, d/heads)
+        out = torch.empty_like(x)
+        for s in range(0, length, INFER_CHUNK):
+            q = F.linear(h[:, s:s + INFER_CHUNK], w[:d], b[:d])
+            q = q.reshape(n, -1, a.heads, hd).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, k, v)
+            xc = a.proj(y.transpose(1, 2).reshape(n, -1, d)).add_(x[:, s:s + INFER_CHUNK])
+            out[:, s:s + INFER_CHUNK] = self.mlp(self.norm2(xc)).add_(xc)
+        return out
+
+
+def pixel_rows(z: Tensor) -> Tensor:
+    """(B, d, h, w) → (B·h·w, d), one row per pixel (a view when z is channels_last)."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def per_pixel_block(block: TransformerBlock, maps: Sequence[Tensor], embed: Tensor,
+                    query: Optional[int] = None) -> Tensor:
+    """Run ``block`` over the tokens ``[maps[0][p], maps[1][p], ...] + embed`` of every pixel
+    p: n × (B, d, h, w) → (B·h·w, Lq·d) rows (Lq = 1 with ``query``, else n).
+
+    With gradients (training) the token tensor is built whole; at inference the pixels go
+    ``INFER_CHUNK`` at a time into one preallocated output (each pixel is independent, so
+    the result is the same; the temporaries stay small and cache-resident)."""
+    rows = [pixel_rows(z) for z in maps]
+    n_pix, d = rows[0].shape
+    if torch.is_grad_enabled():
+        y = block(torch.stack(rows, dim=1) + embed, query=query)
+        return y.reshape(n_pix, -1)
+    lq = 1 if query is not None else len(rows)
+    out = rows[0].new_empty(n_pix, lq * d)
+    for s in range(0, n_pix, INFER_CHUNK):
+        x = torch.stack([r[s:s + INFER_CHUNK] for r in rows], dim=1).add_(embed)
+        out[s:s + INFER_CHUNK] = block(x, query=query).reshape(x.shape[0], lq * d)
+    return out
 
 
 def sincos_pos_2d(h: int, w: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -184,11 +266,29 @@ def modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tenso
     py = ys + ky.reshape(1, 1, kk, 1, 1) + off[:, :, :, 0]            # (B, g, kk, H, W)
     px = xs + kx.reshape(1, 1, kk, 1, 1) + off[:, :, :, 1]
     grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
-    samp = F.grid_sample(x.reshape(b * g, c // g, h, w), grid.view(b * g, kk * h, w, 2),
-                         mode="bilinear", padding_mode="zeros", align_corners=True)
-    samp = samp.view(b, g, c // g, kk, h, w) * mask.view(b, g, 1, kk, h, w)
-    out = torch.matmul(weight.reshape(o, c * kk), samp.reshape(b, c * kk, h * w))
-    return out.view(b, o, h, w) + bias.view(1, o, 1, 1)
+    xg = x.reshape(b * g, c // g, h, w)
+    wm = weight.reshape(o, c * kk)
+    if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
+                                    or mask.requires_grad or weight.requires_grad):
+        samp = F.grid_sample(xg, grid.view(b * g, kk * h, w, 2), mode="bilinear",
+                             padding_mode="zeros", align_corners=True)
+        samp = samp.view(b, g, c // g, kk, h, w) * mask.view(b, g, 1, kk, h, w)
+        out = torch.matmul(wm, samp.reshape(b, c * kk, h * w))
+        return out.view(b, o, h, w) + bias.view(1, o, 1, 1)
+    # Inference: the same computation over blocks of output rows, so that the 9·C samples
+    # of a block (not of the whole map) are the temporary, modulated in place.
+    out = torch.empty(b, o, h, w, device=x.device, dtype=x.dtype,
+                      memory_format=torch.channels_last)
+    mask = mask.view(b, g, 1, kk, h, w)
+    rows = max(1, DCN_CHUNK // w)
+    for r0 in range(0, h, rows):
+        hc = min(rows, h - r0)
+        gc = grid[:, :, :, r0:r0 + hc].reshape(b * g, kk * hc, w, 2)
+        samp = F.grid_sample(xg, gc, mode="bilinear", padding_mode="zeros", align_corners=True)
+        samp = samp.view(b, g, c // g, kk, hc, w).mul_(mask[:, :, :, :, r0:r0 + hc])
+        oc = torch.matmul(wm, samp.view(b, c * kk, hc * w)).view(b, o, hc, w)
+        out[:, :, r0:r0 + hc] = oc
+    return out.add_(bias.view(1, o, 1, 1))
 
 
 class AlignedTemporalTransformer(nn.Module):
@@ -204,16 +304,16 @@ class AlignedTemporalTransformer(nn.Module):
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         self.block = TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
 
-    def forward(self, d_tm2: Tensor, d_tm1: Tensor, d_t: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def forward(self, d_tm2: Tensor, d_tm1: Tensor, d_t: Tensor) -> Tensor:
+        """Three (B, d, h, w) maps → M^t (B, d, h, w). The network consumes only M^t, so only
+        frame t's token is carried through the block (its query attends to all three frames);
+        M^{t-2} and M^{t-1} would be computed and thrown away."""
         if self.use_dcn:
             d_tm2 = self.align_tm2(d_tm2, d_t)
             d_tm1 = self.align_tm1(d_tm1, d_t)
         b, d, h, w = d_t.shape
-        x = torch.stack([d_tm2, d_tm1, d_t], dim=1)                   # (B, 3, d, h, w)
-        x = x.permute(0, 3, 4, 1, 2).reshape(b * h * w, 3, d)        # (B*h*w, 3, d)
-        x = self.block(x + self.time_embed)                           # MHSA_tem over 3 tokens
-        x = x.reshape(b, h, w, 3, d).permute(3, 0, 4, 1, 2)          # (3, B, d, h, w)
-        return x[0], x[1], x[2]                                       # M^{t-2}, M^{t-1}, M^t
+        m = per_pixel_block(self.block, (d_tm2, d_tm1, d_t), self.time_embed, query=2)  # MHSA_tem
+        return m.view(b, h, w, d).permute(0, 3, 1, 2)                 # M^t (B, d, h, w)
 
 
 class StageTransformer(nn.Module):
@@ -228,9 +328,8 @@ class StageTransformer(nn.Module):
 
     def forward(self, tokens: Sequence[Tensor]) -> Tensor:  # n × (B, d, h, w) → (B, n*d, h, w)
         b, d, h, w = tokens[0].shape
-        x = torch.stack(list(tokens), dim=1).permute(0, 3, 4, 1, 2).reshape(b * h * w, self.n, d)
-        x = self.block(x + self.stage_embed)
-        return x.reshape(b, h, w, self.n * d).permute(0, 3, 1, 2)
+        x = per_pixel_block(self.block, tokens, self.stage_embed)      # MHSA_sta: (B·h·w, n·d)
+        return x.view(b, h, w, self.n * d).permute(0, 3, 1, 2)
 
 
 # -------------------------------------------------------------------------------------------
@@ -308,7 +407,7 @@ class MSAF(nn.Module):
                 d_tm1 = self.pst(x_tm1, "t-1")
                 d_tm2 = self.pst(x_tm2, "t-2")
             with timed("att"):
-                _, _, m_t = self.att(d_tm2, d_tm1, d_t)                 # M^t (B, d, h, w)
+                m_t = self.att(d_tm2, d_tm1, d_t)                       # M^t (B, d, h, w)
         elif cfg.variant == "without_motion":
             with timed("pst"):
                 m_t = self.pst(x_t, "t")                                # spatial only, no time
@@ -322,7 +421,8 @@ class MSAF(nn.Module):
                     toks.append(m_t)
                 s = self.stage(toks) if cfg.uses_state else torch.cat(toks, dim=1)  # (B, n*d, h, w)
                 p = self.pixel_desc(s)                                  # P (B, d, h, w)
-                pixel_logits = self.pixel_cls(p)                        # (B, K, h, w)
+                if self.training or not cfg.uses_assignment:    # L_pd, or the output
+                    pixel_logits = self.pixel_cls(p)                    # (B, K, h, w)
 
         with timed("assignment"):
             if m_t is not None:
@@ -333,8 +433,11 @@ class MSAF(nn.Module):
                 attn = region_logits.flatten(2).softmax(dim=-1)         # (B, K, h*w)
                 regions = attn @ m_t.flatten(2).transpose(1, 2)         # R (B, K, d)
                 regions = F.normalize(self.region_proj(regions), dim=-1)
-                pix = F.normalize(p, dim=1).flatten(2)                  # (B, d, h*w)
-                logits = (regions @ pix).reshape(b, -1, h, w) * self.log_scale.exp()
+                pix = F.normalize(p, dim=1).permute(0, 2, 3, 1).reshape(b, h * w, d)
+                logits = (pix @ regions.transpose(1, 2)) * self.log_scale.exp()  # (B, h*w, K)
+                # class axis innermost (channels_last): the upsampling keeps that layout and
+                # the per-pixel argmax then reads K contiguous values instead of K planes
+                logits = logits.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (B, K, h, w)
             elif cfg.variant == "without_semantics":
                 logits = 0.5 * (pixel_logits + region_logits)
             elif cfg.variant == "motion_only":

@@ -180,3 +180,92 @@ def test_fast_deformable_conv_equals_torchvision(shape, groups):
     go = torch.autograd.grad(out.square().sum(), [x, wt, off])
     for a, b_ in zip(gr, go):
         assert torch.allclose(a, b_, atol=1e-7)
+
+
+@pytest.mark.parametrize("length, query", [(3, 2), (4, 0), (3, 1)])
+def test_single_query_block_equals_row_of_full_block(length, query):
+    """The temporal transformer carries only frame t's token: that must be exactly the row
+    of the full block's output (its query still attends to every token)."""
+    from msaf_core.model import TransformerBlock
+    torch.manual_seed(0)
+    block = TransformerBlock(16, 4, 2.0).double().eval()
+    x = torch.randn(37, length, 16, dtype=torch.float64)
+    full = block(x)
+    one = block(x, query=query)
+    assert one.shape == (37, 1, 16)
+    assert torch.allclose(one[:, 0], full[:, query], atol=1e-12)
+    # and the other tokens do influence it (it is not a per-token shortcut)
+    y = x.clone()
+    y[:, (query + 1) % length] = torch.randn(37, 16, dtype=torch.float64)
+    assert not torch.allclose(block(y, query=query), one)
+
+
+def test_motion_branch_output_equals_full_temporal_block():
+    """ATT returns M^t computed with the single-query block; recompute it with the full
+    three-token block and compare (float64)."""
+    model = make_tiny_model().double().eval()
+    att = model.att
+    g = torch.Generator().manual_seed(3)
+    d = model.cfg.dim
+    maps = [torch.randn(2, d, 5, 7, generator=g, dtype=torch.float64) for _ in range(3)]
+    with torch.no_grad():
+        m_t = att(*maps)
+        a2, a1 = att.align_tm2(maps[0], maps[2]), att.align_tm1(maps[1], maps[2])
+        tok = torch.stack([a2, a1, maps[2]], dim=1).permute(0, 3, 4, 1, 2).reshape(-1, 3, d)
+        ref = att.block(tok + att.time_embed)[:, 2].reshape(2, 5, 7, d).permute(0, 3, 1, 2)
+    assert m_t.shape == (2, d, 5, 7)
+    assert torch.allclose(m_t, ref, atol=1e-12)
+
+
+def test_eval_output_is_class_innermost_and_matches_training_mode():
+    """At inference the logits come with the class axis innermost (a fast argmax) and the
+    pixel classifier (a training-only auxiliary for the full model) is skipped; neither
+    changes the output."""
+    model = make_tiny_model().double()
+    x = _frames(b=1, h=40, w=56).double()
+    with torch.no_grad():
+        model.train()
+        for mod in model.modules():  # batch-norm in eval statistics for a like-for-like check
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.eval()
+        ref = model(x)["out"]
+        model.eval()
+        out = model(x)["out"]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(out, ref, atol=1e-10)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+def test_chunked_inference_equals_the_whole_tensor_path(monkeypatch):
+    """At inference the transformer blocks and the deformable convolution run over chunks
+    of pixels / queries / output rows (small temporaries). With chunks far smaller than the
+    map, including ragged last chunks, the output must equal the training-style path that
+    builds every tensor whole (float64)."""
+    import msaf_core.model as M
+    model = make_tiny_model().double().eval()
+    x = _frames(b=2, h=72, w=88).double()          # 9×11 grid: 99 pixels per frame
+    with torch.enable_grad():                       # the whole-tensor path (no chunks)
+        ref = model(x)["out"].detach()
+    monkeypatch.setattr(M, "INFER_CHUNK", 7)        # ragged: 99 = 14·7 + 1 pixels / queries
+    monkeypatch.setattr(M, "DCN_CHUNK", 20)         # 1 output row (11 px) per block
+    with torch.no_grad():
+        out = model(x)["out"]
+    assert torch.allclose(out, ref, atol=1e-10)
+
+
+def test_inference_deformable_conv_equals_torchvision_across_row_blocks(monkeypatch):
+    import msaf_core.model as M
+    from torchvision.ops import deform_conv2d
+    g = torch.Generator().manual_seed(1)
+    b, c, h, w, groups = 2, 16, 7, 9, 4
+    x = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    off = 2 * torch.randn(b, 2 * groups * 9, h, w, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, groups * 9, h, w, generator=g, dtype=torch.float64)
+    wt = torch.randn(c, c, 3, 3, generator=g, dtype=torch.float64)
+    bias = torch.randn(c, generator=g, dtype=torch.float64)
+    ref = deform_conv2d(x, off, wt, bias, padding=1, mask=mask)
+    for chunk in (1, 20, 10**6):                    # one row per block, 2 rows, whole map
+        monkeypatch.setattr(M, "DCN_CHUNK", chunk)
+        with torch.inference_mode():
+            out = M.modulated_deform_conv(x, off, mask, wt, bias, groups)
+        assert torch.allclose(out, ref, atol=1e-9), chunk
