@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="inference resolution (labels are scored at the label resolution)")
     p.add_argument("--half", action="store_true", help="float16 on CUDA")
+    p.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast on the CPU (fast where the CPU has AMX/AVX-512 BF16)")
     p.add_argument("--no-tc", action="store_true", help="skip temporal consistency")
     p.add_argument("--max-frames", type=int, default=None, help="score only the first N frames")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     try:
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device,
                                         size=tuple(args.size) if args.size else None,
-                                        half=args.half, max_gap_s=None)
+                                        half=args.half, bf16=args.bf16, max_gap_s=None)
     except (CheckpointError, ValueError) as e:
         print(f"msaf-eval: error: {e}", file=sys.stderr)
         return 1
@@ -133,11 +135,12 @@ def main(argv=None) -> int:
     res = evaluate_stream(seg, ds, tc=not args.no_tc, max_frames=args.max_frames, progress=True)
     ck = seg.checkpoint or {}
     res.update({"dataset": args.dataset, "split": args.split, "checkpoint": ck.get("path"),
-                "device": str(seg.device), "threads": torch.get_num_threads()})
+                "device": str(seg.device), "threads": torch.get_num_threads(),
+                "precision": "fp16" if args.half else "bf16" if args.bf16 else "fp32"})
     print(format_table(res, f"{args.dataset} {args.split}: {res['frames']} frames, "
                             f"checkpoint {ck.get('path')}"))
     print(f"  {'FPS':<14}{res['fps']:6.2f}  (model time per frame, {seg.device}, "
-          f"{torch.get_num_threads()} threads)")
+          f"{torch.get_num_threads()} threads, {res['precision']})")
     if "tc" in res:
         print(f"  {'TC':<14}{100 * res['tc']:6.2f}  ({res['tc_pairs']} pairs; {res['tc_method']})")
     if args.json:

@@ -160,6 +160,9 @@ class SegmentNode:
         if cfg["half"] and device.type != "cuda":
             raise ConfigError("half", f"half precision needs a CUDA device, but device "
                                       f"'{cfg['device']}' is {device}")
+        if cfg["bf16"] and device.type != "cpu":
+            raise ConfigError("bf16", f"bf16 autocast is for the CPU, but device "
+                                      f"'{cfg['device']}' is {device}; use half:=true on CUDA")
         path = cfg["checkpoint"] or None
         if path is None and not default_checkpoint().is_file():
             raise ConfigError("checkpoint", f"checkpoint is '' (the bundled model) but "
@@ -171,7 +174,7 @@ class SegmentNode:
             size = (cfg["inference_height"], cfg["inference_width"])
         try:
             seg = Segmenter.from_checkpoint(path, device=device, size=size, half=cfg["half"],
-                                            max_gap_s=cfg["max_gap"] or None,
+                                            bf16=cfg["bf16"], max_gap_s=cfg["max_gap"] or None,
                                             max_streams=cfg["max_streams"])
         except CheckpointError as e:
             raise ConfigError("checkpoint", str(e)) from None
@@ -188,7 +191,7 @@ class SegmentNode:
         self.log.info(
             f"model {ck.get('path')} ({seg.cfg.backbone}, {seg.cfg.num_classes} classes, "
             f"trained at {ck.get('train_resolution')}) on {seg.device}"
-            f"{' fp16' if cfg['half'] else ''}, inference size "
+            f"{' fp16' if cfg['half'] else ''}{' bf16' if cfg['bf16'] else ''}, inference size "
             f"{'native' if size is None else f'{size[0]}x{size[1]}'}, torch threads "
             f"{torch.get_num_threads()}")
 

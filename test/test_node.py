@@ -470,6 +470,36 @@ def test_bundled_model_segments_a_real_frame(probe, val_frames):
         n.close()
 
 
+def test_bf16_node_on_cpu(probe, val_frames):
+    """bf16:=true runs the bundled model under bfloat16 autocast on the CPU: labels at the
+    input size, nearly the float32 labels, and still right against the ground truth."""
+    from msaf_core import Segmenter, default_checkpoint
+    if not default_checkpoint().is_file():
+        pytest.skip("the bundled model is not installed")
+    frames, labels = val_frames
+    n = NodeProcess({"checkpoint": "", "device": "cpu", "bf16": True,
+                     "qos_reliability": "reliable", "threads": 1}, DOMAIN,
+                    remaps=[("image", "/cam4/image_raw")], args=["-r", "__ns:=/bf16"]).start()
+    try:
+        n.wait_ready(timeout=120)
+        assert " bf16," in n.output
+        pub = probe.publisher(Image, "/cam4/image_raw")
+        box = probe.subscribe(Image, "/bf16/labels")
+        probe.wait_matched([pub], ["/bf16/labels"])
+        pub.publish(image_msg(frames[1], "cam4", T0))
+        assert probe.spin_until(lambda: find(box, "cam4", T0) is not None, 120), n.output[-2000:]
+        got = msg_array(find(box, "cam4", T0))
+        assert got.shape == frames[1].shape[:2]
+        import torch
+        torch.set_num_threads(1)
+        fp32 = Segmenter.from_checkpoint(None, max_gap_s=MAX_GAP).segment(frames[1], "x", T0)
+        assert np.mean(got == fp32) > 0.97
+        valid = labels[1] < 11
+        assert np.mean(got[valid] == labels[1][valid]) > 0.8
+    finally:
+        n.close()
+
+
 def test_console_script_entry_point():
     """setup.py declares segment_node = msaf_ros.segment_node:main."""
     from msaf_ros import segment_node
