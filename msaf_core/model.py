@@ -39,9 +39,10 @@ from .config import MSAFConfig
 
 
 #: Rows (pixels, or queries of a long sequence) per chunk of the transformer blocks at
-#: inference; see ``per_pixel_block`` and ``TransformerBlock._forward_query_chunks``.
+#: inference on the CPU (where cache-sized temporaries pay; a GPU gets whole tensors);
+#: see ``per_pixel_block`` and ``TransformerBlock._forward_query_chunks``.
 INFER_CHUNK = 1024
-#: Output pixels per block of the deformable convolution at inference.
+#: Output pixels per block of the deformable convolution at inference on the CPU.
 DCN_CHUNK = 512
 
 
@@ -100,7 +101,8 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, query: Union[int, slice, None] = None) -> Tensor:  # (N, L, d)
-        if query is None and x.shape[1] > INFER_CHUNK and not torch.is_grad_enabled():
+        if (query is None and x.shape[1] > INFER_CHUNK and not torch.is_grad_enabled()
+                and x.device.type == "cpu"):
             return self._forward_query_chunks(x)
         # The residual sums are accumulated into the fresh outputs of the attention and the
         # MLP (their backward does not need them): fewer large temporaries per call.
@@ -148,7 +150,7 @@ def per_pixel_block(block: TransformerBlock, maps: Sequence[Tensor], embed: Tens
     the result is the same; the temporaries stay small and cache-resident)."""
     rows = [pixel_rows(z) for z in maps]
     n_pix, d = rows[0].shape
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or rows[0].device.type != "cpu":  # GPUs prefer whole tensors
         y = block(torch.stack(rows, dim=1) + embed, query=query)
         return y.reshape(n_pix, -1)
     lq = 1 if query is not None else len(rows)
@@ -268,8 +270,8 @@ def modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tenso
     grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
     xg = x.reshape(b * g, c // g, h, w)
     wm = weight.reshape(o, c * kk)
-    if torch.is_grad_enabled() and (x.requires_grad or offset.requires_grad
-                                    or mask.requires_grad or weight.requires_grad):
+    if x.device.type != "cpu" or (torch.is_grad_enabled() and (
+            x.requires_grad or offset.requires_grad or mask.requires_grad or weight.requires_grad)):
         samp = F.grid_sample(xg, grid.view(b * g, kk * h, w, 2), mode="bilinear",
                              padding_mode="zeros", align_corners=True)
         samp = samp.view(b, g, c // g, kk, h, w) * mask.view(b, g, 1, kk, h, w)
