@@ -85,10 +85,12 @@ def _prep(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> to
 
 
 def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
-                   precision: str):
+                   precision: str, dim: Optional[int] = None, heads: int = 4):
     """Build the model and the three timed closures (streamed, uncached, single frame)."""
     w, h = size
-    cfg = MSAFConfig(backbone=backbone, dim=128 if backbone == "resnet18" else 256)
+    if dim is None:  # the widths of the shipped/paper configurations
+        dim = 128 if backbone == "resnet18" else 256
+    cfg = MSAFConfig(backbone=backbone, dim=dim, heads=heads)
     model = MSAF(cfg).eval().to(device)
     dtype = torch.float16 if half else torch.float32
     model.to(dtype).to(memory_format=torch.channels_last)
@@ -154,9 +156,10 @@ def _torch_peak_mb(fn: Callable[[], None]) -> float:
 
 
 def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, warmup: int,
-                half: bool = False, precision: str = "fp32") -> Dict[str, object]:
+                half: bool = False, precision: str = "fp32", dim: Optional[int] = None,
+                heads: int = 4) -> Dict[str, object]:
     w, h = size
-    variants, clock, dtype = _make_variants(backbone, size, device, half, precision)
+    variants, clock, dtype = _make_variants(backbone, size, device, half, precision, dim, heads)
     times: Dict[str, List[float]] = {k: [] for k in variants}
     stage_runs: List[Dict[str, float]] = []
     mem: Dict[str, float] = {}
@@ -184,6 +187,7 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
     stages = {s: statistics.median([r.get(s, 0.0) for r in stage_runs]) * 1000 for s in STAGES}
     return {
         "backbone": backbone, "size": f"{w}x{h}", "device": str(device), "dtype": str(dtype),
+        "dim": dim or (128 if backbone == "resnet18" else 256), "heads": heads,
         "precision": precision, "ms": med, "stages_ms": stages, "peak_mem_mb": mem,
         "fps_streamed": 1000.0 / med["streamed"],
         "ratio_streamed_vs_uncached": med["streamed"] / med["uncached"],
@@ -216,10 +220,10 @@ class JointSpatioTemporalTransformer(nn.Module):
 
 
 def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: int,
-                      dim: int = 128) -> Dict[str, object]:
+                      dim: int = 128, heads: int = 4) -> Dict[str, object]:
     w, h = size
     gh, gw = (h + 7) // 8, (w + 7) // 8
-    cfg = MSAFConfig(dim=dim)
+    cfg = MSAFConfig(dim=dim, heads=heads)
     model = MSAF(cfg).eval().to(device)
     joint = JointSpatioTemporalTransformer(cfg).eval().to(device)
     g = torch.Generator().manual_seed(0)
@@ -350,6 +354,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--half", action="store_true", help="float16 weights and activations (CUDA)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16 autocast on CPU")
+    p.add_argument("--dim", type=int, default=None,
+                   help="head width d (default: 128 for resnet18, 256 otherwise, as shipped)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads of the head")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -368,7 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{r[f'{k}_forward_backward_ms']:8.1f} ms")
         print(f"  max |difference| {r['max_abs_difference']:.2e}")
     elif mode == "transformer":
-        r = bench_transformer(args.size, device, args.repeats, args.warmup)
+        r = bench_transformer(args.size, device, args.repeats, args.warmup, dim=args.dim or 128,
+                              heads=args.heads)
         results.append(r)
         print(f"decoupled vs joint spatio-temporal transformer, grid {r['grid']} "
               f"({r['tokens_per_frame']} tokens/frame, d={r['dim']}), {meta['machine']}")
@@ -386,10 +394,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         hdr = "  ".join(f"{s[:10]:>10}" for s in STAGES)
         for size in args.sizes:
             for bb in args.backbones:
-                r = bench_model(bb, size, device, args.repeats, args.warmup, args.half, args.precision)
+                r = bench_model(bb, size, device, args.repeats, args.warmup, args.half, args.precision,
+                                args.dim, args.heads)
                 results.append(r)
                 ms, st = r["ms"], r["stages_ms"]
-                print(f"\n{bb} @ {r['size']} ({r['dtype']}, {r['precision']})")
+                print(f"\n{bb} @ {r['size']} ({r['dtype']}, {r['precision']}, d={r['dim']}, "
+                      f"{r['heads']} heads)")
                 print("  stages: " + hdr)
                 print("          " + "  ".join(f"{st[s]:10.1f}" for s in STAGES))
                 print(f"  streamed {ms['streamed']:.1f} ms ({r['fps_streamed']:.2f} FPS) | "

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument("--dim", type=int, default=None, help="model width d (default 128 for "
                    "resnet18, 256 otherwise)")
+    p.add_argument("--heads", type=int, default=4, help="attention heads in every transformer "
+                   "block (d/heads = 32 suits CPU attention kernels)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None)
@@ -195,7 +197,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
 
-    cfg_kw = dict(backbone=args.backbone, dim=args.dim, variant=args.variant)
+    cfg_kw = dict(backbone=args.backbone, dim=args.dim, heads=args.heads, variant=args.variant)
     cfg = cityscapes_config(**cfg_kw) if args.dataset == "cityscapes" else MSAFConfig(**cfg_kw)
     aug = ClipAugment(crop=args.crop, scale=args.scale, flip=True, jitter=args.jitter)
     ds = build_dataset(args.dataset, args.data_root, "train", aug, seed=args.seed)

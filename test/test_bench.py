@@ -21,11 +21,13 @@ def _restore_threads():
 def test_model_mode_writes_stages_ratios_and_memory(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert bench.main(["--sizes", "64x48", "--backbones", "resnet18", "--repeats", "2",
-                       "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+                       "--warmup", "1", "--threads", "1", "--dim", "32", "--heads", "2",
+                       "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["meta"]["command"].startswith("msaf-bench ")
     (r,) = doc["results"]
     assert r["size"] == "64x48" and r["backbone"] == "resnet18"
+    assert (r["dim"], r["heads"]) == (32, 2)
     assert set(r["ms"]) == {"streamed", "uncached", "single_frame_limit"}
     assert set(r["stages_ms"]) == set(bench.STAGES)
     assert all(v > 0 for v in r["ms"].values())

@@ -53,7 +53,8 @@ def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
     out = tmp_path / "run"
     # 2 fixed clips (batch 2 of an 8-clip set, same seed every epoch) overfit quickly
     rc = train_main(["--data-root", str(mini_camvid), "--out", str(out), "--iters", "12",
-                     "--lr", "3e-3", "--eval-every", "12", "--save-every", "6", *TINY])
+                     "--lr", "3e-3", "--eval-every", "12", "--save-every", "6", "--heads", "2",
+                     *TINY])
     assert rc == 0
     log = [r for r in _log(out) if "loss" in r]
     first = np.mean([r["loss"] for r in log[:3]])
@@ -64,6 +65,7 @@ def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
     for name in ("last.pt", "best.pt"):
         ck = read_checkpoint(out / name)
         assert ck["train_resolution"] == [64, 64]
+        assert (ck["config"]["dim"], ck["config"]["heads"]) == (16, 2)
     assert "train_state" in read_checkpoint(out / "last.pt")
     assert "camvid_val_miou" in read_checkpoint(out / "best.pt")["metrics"]
 
