@@ -52,6 +52,7 @@ setup(
             "segment_node = msaf_ros.segment_node:main",
             "msaf-train = msaf_core.train:main",
             "msaf-eval = msaf_core.evaluate:main",
+            "msaf-export = msaf_core.export:main",
             "msaf-bench = msaf_core.bench:main",
             "msaf-bag = msaf_ros.bag_tool:main",
             "msaf-demo = msaf_ros.demo:main",

@@ -69,6 +69,25 @@ def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
     assert "train_state" in read_checkpoint(out / "last.pt")
     assert "camvid_val_miou" in read_checkpoint(out / "best.pt")["metrics"]
 
+    # msaf-export: a deployable float16 checkpoint with the run's record
+    from msaf_core.export import main as export_main
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps({"miou": 0.5, "tc": 0.7, "fps": 3.0, "ignored": 1}))
+    dst = tmp_path / "model.pt"
+    assert export_main([str(out), str(dst), "--val-json", str(val), "--recipe", "msaf-train ..."]) == 0
+    ck = read_checkpoint(dst)
+    assert "train_state" not in ck
+    assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
+    ex = ck["extra"]
+    assert ex["iterations"] == 12 and ex["recipe"] == "msaf-train ..."
+    assert [e["step"] for e in ex["val_history"]] == [12]
+    assert 0 < ex["train_wall_time_s"] < 3600
+    assert ck["metrics"]["eval"] == {"miou": 0.5, "tc": 0.7, "fps": 3.0}
+    seg = Segmenter.from_checkpoint(dst)
+    assert seg.segment(np.zeros((64, 64, 3), np.uint8)).shape == (64, 64)
+    assert export_main([str(out), str(dst)]) == 1          # exists: refused without --force
+    assert export_main([str(tmp_path / "nope"), str(tmp_path / "x.pt")]) == 1
+
 
 def test_resume_continues_the_exact_schedule(mini_camvid, tmp_path):
     common = ["--data-root", str(mini_camvid), "--eval-every", "0", "--save-every", "3", *TINY]
