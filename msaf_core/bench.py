@@ -2,8 +2,8 @@
 
     msaf-bench [--sizes 480x360 1024x512] [--backbones resnet18 resnet50 resnet101]
                [--repeats 10] [--warmup 3] [--threads N] [--device cpu|cuda] [--half]
-               [--precision fp32|bf16] [--json FILE]
-    msaf-bench transformer [--size 1024x512] [--json FILE]
+               [--precision fp32|bf16] [--dim D] [--heads N] [--json FILE]
+    msaf-bench transformer [--size 1024x512] [--dim D] [--heads N] [--json FILE]
     msaf-bench dcn [--size 480x360]
 
 For each input size and backbone, in one run (so ratios hold on a noisy machine):
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MSAFConfig
+from .config import MSAFConfig, default_dim
 from .model import MSAF, TransformerBlock, sincos_pos_2d
 
 STAGES = ["preprocess", "backbone", "pst", "att", "state", "assignment", "upsample",
@@ -88,9 +88,7 @@ def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
                    precision: str, dim: Optional[int] = None, heads: int = 4):
     """Build the model and the three timed closures (streamed, uncached, single frame)."""
     w, h = size
-    if dim is None:  # the widths of the shipped/paper configurations
-        dim = 128 if backbone == "resnet18" else 256
-    cfg = MSAFConfig(backbone=backbone, dim=dim, heads=heads)
+    cfg = MSAFConfig(backbone=backbone, dim=dim or default_dim(backbone), heads=heads)
     model = MSAF(cfg).eval().to(device)
     dtype = torch.float16 if half else torch.float32
     model.to(dtype).to(memory_format=torch.channels_last)
@@ -111,7 +109,7 @@ def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
     with torch.inference_mode(), amp():
         cache = [model.extract(_prep(to_dev(i), mean, std, dtype))["x"] for i in imgs[:2]]
 
-    def streamed() -> None:
+    def streamed() -> object:
         model.stage_timer = clock
         with torch.inference_mode(), amp():
             with clock("preprocess"):
@@ -124,13 +122,13 @@ def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
         model.stage_timer = None
         return labels
 
-    def uncached() -> None:
+    def uncached() -> object:
         with torch.inference_mode(), amp():
             xs = [_prep(to_dev(i), mean, std, dtype) for i in imgs]
             logits = model(torch.stack([x[0] for x in xs])[None])["out"]
             return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
-    def single() -> None:
+    def single() -> object:
         with torch.inference_mode(), amp():
             logits = limit(_prep(to_dev(imgs[2]), mean, std, dtype), (h, w))
             return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
@@ -140,7 +138,7 @@ def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
     return variants, clock, dtype
 
 
-def _torch_peak_mb(fn: Callable[[], None]) -> float:
+def _torch_peak_mb(fn: Callable[[], object]) -> float:
     """Peak of the memory held by tensors allocated while ``fn`` runs (CPU), from the
     profiler's allocation/free events: activations and temporaries, not weights or inputs."""
     from torch.profiler import ProfilerActivity, profile
@@ -187,7 +185,7 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
     stages = {s: statistics.median([r.get(s, 0.0) for r in stage_runs]) * 1000 for s in STAGES}
     return {
         "backbone": backbone, "size": f"{w}x{h}", "device": str(device), "dtype": str(dtype),
-        "dim": dim or (128 if backbone == "resnet18" else 256), "heads": heads,
+        "dim": dim or default_dim(backbone), "heads": heads,
         "precision": precision, "ms": med, "stages_ms": stages, "peak_mem_mb": mem,
         "fps_streamed": 1000.0 / med["streamed"],
         "ratio_streamed_vs_uncached": med["streamed"] / med["uncached"],
@@ -375,8 +373,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{r[f'{k}_forward_backward_ms']:8.1f} ms")
         print(f"  max |difference| {r['max_abs_difference']:.2e}")
     elif mode == "transformer":
-        r = bench_transformer(args.size, device, args.repeats, args.warmup, dim=args.dim or 128,
-                              heads=args.heads)
+        r = bench_transformer(args.size, device, args.repeats, args.warmup,
+                              dim=args.dim or default_dim("resnet18"), heads=args.heads)
         results.append(r)
         print(f"decoupled vs joint spatio-temporal transformer, grid {r['grid']} "
               f"({r['tokens_per_frame']} tokens/frame, d={r['dim']}), {meta['machine']}")

@@ -156,6 +156,12 @@ class MSAFConfig:
         return dataclasses.replace(self, **changes)
 
 
+def default_dim(backbone: str) -> int:
+    """The head width d we use for a backbone: 128 for ResNet-18 (the shipped model), 256
+    for ResNet-50/101 (see docs/design.md)."""
+    return 128 if backbone == "resnet18" else 256
+
+
 def cityscapes_config(**kw: Any) -> MSAFConfig:
     """Config for the 19 Cityscapes train ids."""
     kw.setdefault("num_classes", 19)

@@ -56,8 +56,8 @@ def _no_timer(name: str) -> ContextManager:
 class Attention(nn.Module):
     """Multi-head scaled dot-product self-attention over a token axis.
 
-    ``query`` (an index or a slice of the token axis) computes the output of those tokens
-    only: their queries against the keys and values of all tokens. The result equals those
+    ``query`` (a slice of the token axis) computes the output of those tokens only: their
+    queries against the keys and values of all tokens. The result equals those
     rows of the full attention; the motion branch uses it because only M^t of the temporal
     transformer is ever consumed.
     """
@@ -68,21 +68,33 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, query: Union[int, slice, None] = None) -> Tensor:  # x (N, L, d)
+    def queries(self, x: Tensor) -> Tensor:
+        """(N, Lq, d) tokens → their queries (N, heads, Lq, d/heads)."""
+        n, _, d = x.shape
+        q = F.linear(x, self.qkv.weight[:d], self.qkv.bias[:d])
+        return q.reshape(n, -1, self.heads, d // self.heads).transpose(1, 2)
+
+    def keys_values(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """(N, L, d) tokens → keys and values, each (N, heads, L, d/heads)."""
         n, length, d = x.shape
-        hd = d // self.heads
-        if query is None:
-            qkv = self.qkv(x).reshape(n, length, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]                          # (N, heads, L, d/heads)
-        else:
-            w, b = self.qkv.weight, self.qkv.bias
-            sel = slice(query, query + 1) if isinstance(query, int) else query
-            q = F.linear(x[:, sel], w[:d], b[:d])                      # (N, Lq, d)
-            q = q.reshape(n, -1, self.heads, hd).transpose(1, 2)
-            kv = F.linear(x, w[d:], b[d:]).reshape(n, length, 2, self.heads, hd)
-            k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)                # (N, heads, L, d/heads)
+        kv = F.linear(x, self.qkv.weight[d:], self.qkv.bias[d:])
+        return kv.reshape(n, length, 2, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Queries against keys/values, then the output projection: → (N, Lq, d)."""
         y = F.scaled_dot_product_attention(q, k, v)                   # (N, heads, Lq, d/heads)
-        return self.proj(y.transpose(1, 2).reshape(n, -1, d))
+        n, _, lq, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(n, lq, -1))
+
+    def forward(self, x: Tensor, query: Optional[slice] = None) -> Tensor:  # x (N, L, d)
+        if query is None:
+            n, length, d = x.shape
+            qkv = self.qkv(x).reshape(n, length, 3, self.heads, d // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)             # (N, heads, L, d/heads)
+        else:
+            q = self.queries(x[:, query])
+            k, v = self.keys_values(x)
+        return self.attend(q, k, v)
 
 
 class TransformerBlock(nn.Module):
@@ -118,20 +130,14 @@ class TransformerBlock(nn.Module):
         the queries ``INFER_CHUNK`` at a time through attention, projection, residuals and
         MLP. Every row is computed exactly as in :meth:`forward`, but the per-token
         temporaries stay small (cache-resident, no fresh pages per call)."""
-        n, length, d = x.shape
-        a = self.attn
-        hd = d // a.heads
         h = self.norm1(x)
-        w, b = a.qkv.weight, a.qkv.bias
-        kv = F.linear(h, w[d:], b[d:]).reshape(n, length, 2, a.heads, hd).permute(2, 0, 3, 1, 4)
-        k, v = kv[0].contiguous(), kv[1].contiguous()              # (N, heads, L, d/heads)
+        k, v = self.attn.keys_values(h)
+        k, v = k.contiguous(), v.contiguous()                       # read by every chunk
         out = torch.empty_like(x)
-        for s in range(0, length, INFER_CHUNK):
-            q = F.linear(h[:, s:s + INFER_CHUNK], w[:d], b[:d])
-            q = q.reshape(n, -1, a.heads, hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, k, v)
-            xc = a.proj(y.transpose(1, 2).reshape(n, -1, d)).add_(x[:, s:s + INFER_CHUNK])
-            out[:, s:s + INFER_CHUNK] = self.mlp(self.norm2(xc)).add_(xc)
+        for s in range(0, x.shape[1], INFER_CHUNK):
+            rows = slice(s, s + INFER_CHUNK)
+            xc = self.attn.attend(self.attn.queries(h[:, rows]), k, v).add_(x[:, rows])
+            out[:, rows] = self.mlp(self.norm2(xc)).add_(xc)
         return out
 
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .config import MSAFConfig, VARIANTS, cityscapes_config
+from .config import MSAFConfig, VARIANTS, cityscapes_config, default_dim
 from .data import ClipAugment, build_dataset, median_frequency_weights
 from .model import MSAF, msaf_loss
 
@@ -108,7 +108,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     args.scale = tuple(args.scale)
     args.history_grad = bool(args.history_grad)
     if args.dim is None:
-        args.dim = 128 if args.backbone == "resnet18" else 256
+        args.dim = default_dim(args.backbone)
     return args
 
 

@@ -442,62 +442,54 @@ def test_bundled_checkpoint_missing(tmp_path):
         n.close()
 
 
-def test_bundled_model_segments_a_real_frame(probe, val_frames):
-    """Out of the box (checkpoint ''), the node loads the bundled model and segments a real
-    CamVid frame as well as the model does in-process, and plausibly (vs ground truth)."""
+def _bundled_node_labels(probe, frame, cam, ns, params=None):
+    """Start a node on the bundled model (skip if it is not installed), send it ``frame``
+    as camera ``cam`` and return (labels at the frame's size, the node's log) and the
+    float32 labels of the bundled model in-process (one torch thread, like the node)."""
     from msaf_core import Segmenter, default_checkpoint
     if not default_checkpoint().is_file():
         pytest.skip("the bundled model is not installed")
-    frames, labels = val_frames
-    n = NodeProcess({"checkpoint": "", "qos_reliability": "reliable", "threads": 1}, DOMAIN,
-                    remaps=[("image", "/cam3/image_raw")], args=["-r", "__ns:=/bundled"]).start()
+    n = NodeProcess({"checkpoint": "", "qos_reliability": "reliable", "threads": 1,
+                     **(params or {})}, DOMAIN,
+                    remaps=[("image", f"/{cam}/image_raw")], args=["-r", f"__ns:=/{ns}"]).start()
     try:
         n.wait_ready(timeout=120)
-        pub = probe.publisher(Image, "/cam3/image_raw")
-        box = probe.subscribe(Image, "/bundled/labels")
-        probe.wait_matched([pub], ["/bundled/labels"])
-        pub.publish(image_msg(frames[0], "cam3", T0))
-        assert probe.spin_until(lambda: find(box, "cam3", T0) is not None, 120), n.output[-2000:]
-        got = msg_array(find(box, "cam3", T0))
-        assert got.shape == frames[0].shape[:2]
-        import torch
-        torch.set_num_threads(1)
-        ref = Segmenter.from_checkpoint(None, max_gap_s=MAX_GAP).segment(frames[0], "x", T0)
-        np.testing.assert_array_equal(got, ref)
-        valid = labels[0] < 11
-        assert np.mean(got[valid] == labels[0][valid]) > 0.8  # a trained model, not noise
+        pub = probe.publisher(Image, f"/{cam}/image_raw")
+        box = probe.subscribe(Image, f"/{ns}/labels")
+        probe.wait_matched([pub], [f"/{ns}/labels"])
+        pub.publish(image_msg(frame, cam, T0))
+        assert probe.spin_until(lambda: find(box, cam, T0) is not None, 120), n.output[-2000:]
+        got = msg_array(find(box, cam, T0))
+        assert got.shape == frame.shape[:2]
+        log = n.output
     finally:
         n.close()
+    import torch
+    torch.set_num_threads(1)
+    fp32 = Segmenter.from_checkpoint(None, max_gap_s=MAX_GAP).segment(frame, "x", T0)
+    return got, log, fp32
+
+
+def test_bundled_model_segments_a_real_frame(probe, val_frames):
+    """Out of the box (checkpoint ''), the node loads the bundled model and segments a real
+    CamVid frame as well as the model does in-process, and plausibly (vs ground truth)."""
+    frames, labels = val_frames
+    got, _, ref = _bundled_node_labels(probe, frames[0], "cam3", "bundled")
+    np.testing.assert_array_equal(got, ref)
+    valid = labels[0] < 11
+    assert np.mean(got[valid] == labels[0][valid]) > 0.8  # a trained model, not noise
 
 
 def test_bf16_node_on_cpu(probe, val_frames):
     """bf16:=true runs the bundled model under bfloat16 autocast on the CPU: labels at the
     input size, nearly the float32 labels, and still right against the ground truth."""
-    from msaf_core import Segmenter, default_checkpoint
-    if not default_checkpoint().is_file():
-        pytest.skip("the bundled model is not installed")
     frames, labels = val_frames
-    n = NodeProcess({"checkpoint": "", "device": "cpu", "bf16": True,
-                     "qos_reliability": "reliable", "threads": 1}, DOMAIN,
-                    remaps=[("image", "/cam4/image_raw")], args=["-r", "__ns:=/bf16"]).start()
-    try:
-        n.wait_ready(timeout=120)
-        assert " bf16," in n.output
-        pub = probe.publisher(Image, "/cam4/image_raw")
-        box = probe.subscribe(Image, "/bf16/labels")
-        probe.wait_matched([pub], ["/bf16/labels"])
-        pub.publish(image_msg(frames[1], "cam4", T0))
-        assert probe.spin_until(lambda: find(box, "cam4", T0) is not None, 120), n.output[-2000:]
-        got = msg_array(find(box, "cam4", T0))
-        assert got.shape == frames[1].shape[:2]
-        import torch
-        torch.set_num_threads(1)
-        fp32 = Segmenter.from_checkpoint(None, max_gap_s=MAX_GAP).segment(frames[1], "x", T0)
-        assert np.mean(got == fp32) > 0.97
-        valid = labels[1] < 11
-        assert np.mean(got[valid] == labels[1][valid]) > 0.8
-    finally:
-        n.close()
+    got, log, fp32 = _bundled_node_labels(probe, frames[1], "cam4", "bf16",
+                                          {"device": "cpu", "bf16": True})
+    assert " bf16," in log
+    assert np.mean(got == fp32) > 0.97
+    valid = labels[1] < 11
+    assert np.mean(got[valid] == labels[1][valid]) > 0.8
 
 
 def test_console_script_entry_point():
