@@ -40,7 +40,8 @@ class BasicBlock(nn.Module):
         idt = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + idt)
+        out += idt                                   # in place, as torchvision's blocks do
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -63,7 +64,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + idt)
+        out += idt
+        return self.relu(out)
 
 
 _SPECS = {

@@ -2,9 +2,10 @@
 
     msaf-bench [--sizes 480x360 1024x512] [--backbones resnet18 resnet50 resnet101]
                [--repeats 10] [--warmup 3] [--threads N] [--device cpu|cuda] [--half]
-               [--precision fp32|bf16] [--dim D] [--heads N] [--json FILE]
+               [--precision fp32|bf16] [--dim D] [--heads N] [--no-fold-bn] [--json FILE]
     msaf-bench transformer [--size 1024x512] [--dim D] [--heads N] [--json FILE]
     msaf-bench dcn [--size 480x360]
+    msaf-bench profile [--sizes 1024x512] [--backbones resnet18] [--precision fp32|bf16] [--json FILE]
 
 For each input size and backbone, in one run (so ratios hold on a noisy machine):
 
@@ -19,7 +20,10 @@ For each input size and backbone, in one run (so ratios hold on a noisy machine)
 Times are medians over ``--repeats`` after ``--warmup`` runs; the variants are interleaved.
 ``transformer`` times the decoupled transformer (PST + ATT) against a vanilla joint
 spatio-temporal transformer (one MHSA over all 3×h×w tokens) on the same three feature maps
-at the 1/8 grid, and prints time, memory and their ratio.
+at the 1/8 grid, and prints time, memory and their ratio. ``profile`` runs one streamed frame
+under ``torch.profiler`` (CPU) and splits each stage's time into kernel families (attention,
+convolution, matrix products, bilinear sampling, the rest) with their GFLOP/s: where the
+frame's time goes, and how close each family runs to the machine's arithmetic peak.
 """
 
 from __future__ import annotations
@@ -36,10 +40,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
+import torch.profiler
 from torch import nn
 
 from .config import MSAFConfig, default_dim
-from .model import MSAF, TransformerBlock, sincos_pos_2d
+from .model import MSAF, TransformerBlock, fold_batchnorm, sincos_pos_2d
 
 STAGES = ["preprocess", "backbone", "pst", "att", "state", "assignment", "upsample",
           "postprocess"]
@@ -51,7 +56,9 @@ def _sync(device: torch.device) -> None:
 
 
 class StageClock:
-    """Accumulates wall time per named stage (synchronising CUDA around each)."""
+    """Accumulates wall time per named stage (synchronising CUDA around each). Each stage is
+    also a ``torch.profiler`` range named ``stage:<name>`` (free when nothing profiles), which
+    ``msaf-bench profile`` uses to attribute kernels to stages."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -61,7 +68,8 @@ class StageClock:
     def __call__(self, name: str):
         _sync(self.device)
         t0 = time.perf_counter()
-        yield
+        with torch.profiler.record_function("stage:" + name):
+            yield
         _sync(self.device)
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
@@ -85,11 +93,16 @@ def _prep(img: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, dtype) -> to
 
 
 def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
-                   precision: str, dim: Optional[int] = None, heads: int = 4):
-    """Build the model and the three timed closures (streamed, uncached, single frame)."""
+                   precision: str, dim: Optional[int] = None, heads: int = 4,
+                   fold_bn: bool = True):
+    """Build the model and the three timed closures (streamed, uncached, single frame).
+    ``fold_bn``: fold BatchNorm into the convolutions, as the Segmenter does (the single-frame
+    limit shares the backbone, so it is folded alike)."""
     w, h = size
     cfg = MSAFConfig(backbone=backbone, dim=dim or default_dim(backbone), heads=heads)
     model = MSAF(cfg).eval().to(device)
+    if fold_bn:
+        fold_batchnorm(model)
     dtype = torch.float16 if half else torch.float32
     model.to(dtype).to(memory_format=torch.channels_last)
     limit = SingleFrameLimit(model).eval().to(device).to(dtype).to(memory_format=torch.channels_last)
@@ -155,9 +168,10 @@ def _torch_peak_mb(fn: Callable[[], object]) -> float:
 
 def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, warmup: int,
                 half: bool = False, precision: str = "fp32", dim: Optional[int] = None,
-                heads: int = 4) -> Dict[str, object]:
+                heads: int = 4, fold_bn: bool = True) -> Dict[str, object]:
     w, h = size
-    variants, clock, dtype = _make_variants(backbone, size, device, half, precision, dim, heads)
+    variants, clock, dtype = _make_variants(backbone, size, device, half, precision, dim, heads,
+                                            fold_bn)
     times: Dict[str, List[float]] = {k: [] for k in variants}
     stage_runs: List[Dict[str, float]] = []
     mem: Dict[str, float] = {}
@@ -185,7 +199,7 @@ def bench_model(backbone: str, size: tuple, device: torch.device, repeats: int, 
     stages = {s: statistics.median([r.get(s, 0.0) for r in stage_runs]) * 1000 for s in STAGES}
     return {
         "backbone": backbone, "size": f"{w}x{h}", "device": str(device), "dtype": str(dtype),
-        "dim": dim or default_dim(backbone), "heads": heads,
+        "dim": dim or default_dim(backbone), "heads": heads, "fold_bn": fold_bn,
         "precision": precision, "ms": med, "stages_ms": stages, "peak_mem_mb": mem,
         "fps_streamed": 1000.0 / med["streamed"],
         "ratio_streamed_vs_uncached": med["streamed"] / med["uncached"],
@@ -222,10 +236,12 @@ def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: i
     w, h = size
     gh, gw = (h + 7) // 8, (w + 7) // 8
     cfg = MSAFConfig(dim=dim, heads=heads)
-    model = MSAF(cfg).eval().to(device)
+    model = MSAF(cfg).eval().to(device).to(memory_format=torch.channels_last)
     joint = JointSpatioTemporalTransformer(cfg).eval().to(device)
     g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(1, dim, gh, gw, generator=g).to(device) for _ in range(3)]
+    # channels_last, as the Segmenter's reduce(F5) hands them to the head
+    xs = [torch.randn(1, dim, gh, gw, generator=g).to(device).contiguous(
+        memory_format=torch.channels_last) for _ in range(3)]
 
     def decoupled():
         with torch.inference_mode():
@@ -274,6 +290,109 @@ def bench_transformer(size: tuple, device: torch.device, repeats: int, warmup: i
     n = gh * gw
     out["paper_cost_ratio_3n3_over_3n2_24n"] = (3 * n ** 3) / (3 * n ** 2 + 24 * n)
     return out
+
+
+#: Kernel families of :func:`profile_frame`, by the operator that carries their time.
+PROFILE_KINDS = ("attention", "conv", "matmul", "sampling", "other")
+
+
+def _op_kind(name: str) -> Optional[str]:
+    if name == "aten::scaled_dot_product_attention":
+        return "attention"
+    if name == "aten::conv2d":
+        return "conv"
+    if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+        return "matmul"
+    if name == "aten::grid_sampler":
+        return "sampling"
+    return None
+
+
+def _attention_flops(shapes: List[List[int]]) -> int:
+    """Multiply-adds ×2 of softmax(QKᵀ)V for q (…, Lq, D), k (…, Lk, D); exp not counted."""
+    q, k = shapes[0], shapes[1]
+    lead = 1
+    for n in q[:-2]:
+        lead *= n
+    return 4 * lead * q[-2] * k[-2] * q[-1]
+
+
+def _profile_once(fn: Callable[[], object]):
+    """Run ``fn`` under the profiler: (stage → ms, stage → kind → {ms, gflop})."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        fn()
+    per: Dict[str, Dict[str, Dict[str, float]]] = {}
+    totals: Dict[str, float] = {}
+    for ev in prof.events():
+        if ev.name.startswith("stage:"):
+            totals[ev.name[6:]] = totals.get(ev.name[6:], 0.0) + ev.cpu_time_total / 1000
+            continue
+        kind = _op_kind(ev.name)
+        if kind is None:
+            continue
+        stage, par, nested = None, ev.cpu_parent, False
+        while par is not None:          # the enclosing stage; skip kernels inside a counted one
+            if _op_kind(par.name) is not None:
+                nested = True
+            if par.name.startswith("stage:"):
+                stage = par.name[6:]
+                break
+            par = par.cpu_parent
+        if stage is None or nested:
+            continue
+        flops = _attention_flops(ev.input_shapes) if kind == "attention" else ev.flops
+        cell = per.setdefault(stage, {}).setdefault(kind, {"ms": 0.0, "gflop": 0.0})
+        cell["ms"] += ev.cpu_time_total / 1000
+        cell["gflop"] += (flops or 0) / 1e9
+    return totals, per
+
+
+def profile_frame(backbone: str, size: tuple, device: torch.device, precision: str = "fp32",
+                  dim: Optional[int] = None, heads: int = 4, warmup: int = 2, repeats: int = 5,
+                  fold_bn: bool = True) -> Dict[str, object]:
+    """A streamed frame under ``torch.profiler`` (CPU): per stage, the time of each kernel
+    family (attention, convolution, matrix products, bilinear sampling, everything else)
+    and the arithmetic rate (GFLOP/s) of the families whose work the profiler counts.
+    Medians over ``repeats`` profiled frames, each cell on its own.
+
+    Times include the profiler's own overhead (more for small operators), so they add up to
+    more than the unprofiled frame (also reported); the shares and rates are what this is for."""
+    if device.type != "cpu":
+        raise ValueError("msaf-bench profile times CPU kernels; on CUDA use Nsight Systems")
+    variants, _, _ = _make_variants(backbone, size, device, False, precision, dim, heads, fold_bn)
+    streamed = variants["streamed"]
+    for _ in range(warmup):
+        streamed()
+    plain = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        streamed()
+        plain.append(time.perf_counter() - t0)
+    runs = [_profile_once(streamed) for _ in range(max(1, repeats))]
+    stages: Dict[str, Dict[str, object]] = {}
+    for st in STAGES:
+        if st not in runs[0][0]:
+            continue
+        total = statistics.median(r[0].get(st, 0.0) for r in runs)
+        kinds = {k for r in runs for k in r[1].get(st, {})}
+        cells: Dict[str, Dict[str, Optional[float]]] = {}
+        for k in PROFILE_KINDS[:-1]:
+            if k not in kinds:
+                continue
+            ms = statistics.median(r[1].get(st, {}).get(k, {}).get("ms", 0.0) for r in runs)
+            gflop = max(r[1].get(st, {}).get(k, {}).get("gflop", 0.0) for r in runs)
+            cells[k] = {"ms": ms, "gflop": gflop,
+                        "gflop_per_s": gflop / (ms / 1000) if ms > 0 and gflop else None}
+        known = sum(c["ms"] or 0.0 for c in cells.values())
+        cells["other"] = {"ms": max(0.0, total - known), "gflop": 0.0, "gflop_per_s": None}
+        stages[st] = {"ms": total, "kinds": cells}
+    w, h = size
+    return {"mode": "profile", "backbone": backbone, "size": f"{w}x{h}", "precision": precision,
+            "dim": dim or default_dim(backbone), "heads": heads, "fold_bn": fold_bn,
+            "repeats": repeats, "frame_ms_unprofiled": statistics.median(plain) * 1000,
+            "frame_ms_profiled": sum(float(v["ms"]) for v in stages.values()),  # type: ignore[arg-type]
+            "stages": stages}
 
 
 def bench_dcn(size: tuple, repeats: int, warmup: int, dim: int = 128,
@@ -337,7 +456,7 @@ def _machine(device: torch.device) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode = "model"
-    if argv and argv[0] in ("transformer", "model", "dcn"):
+    if argv and argv[0] in ("transformer", "model", "dcn", "profile"):
         mode = argv.pop(0)
     p = argparse.ArgumentParser(prog="msaf-bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -355,6 +474,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--dim", type=int, default=None,
                    help="head width d (default: 128 for resnet18, 256 otherwise, as shipped)")
     p.add_argument("--heads", type=int, default=4, help="attention heads of the head")
+    p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
+                   help="keep BatchNorm layers separate (the Segmenter folds them by default)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -372,6 +493,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"  {k:<12} forward {r[f'{k}_forward_ms']:8.1f} ms   forward+backward "
                   f"{r[f'{k}_forward_backward_ms']:8.1f} ms")
         print(f"  max |difference| {r['max_abs_difference']:.2e}")
+    elif mode == "profile":
+        for size in args.sizes:
+            for bb in args.backbones:
+                r = profile_frame(bb, size, device, args.precision, args.dim, args.heads,
+                                  args.warmup, args.repeats, args.fold_bn)
+                results.append(r)
+                print(f"\n{bb} @ {r['size']} ({r['precision']}, d={r['dim']}, {r['heads']} heads), "
+                      f"{meta['machine']}: a streamed frame under torch.profiler (medians of "
+                      f"{r['repeats']}), {r['frame_ms_profiled']:.0f} ms profiled ({r['frame_ms_unprofiled']:.0f} ms "
+                      f"without); ms per kernel family (GFLOP/s)")
+                print(f"  {'stage':<12}{'total':>8}" + "".join(f"{k:>18}" for k in PROFILE_KINDS))
+                for st, row in r["stages"].items():  # type: ignore[union-attr]
+                    cells = []
+                    for k in PROFILE_KINDS:
+                        c = row["kinds"].get(k)
+                        if not c or c["ms"] < 0.05:
+                            cells.append(f"{'-':>18}")
+                            continue
+                        rate = f" ({c['gflop_per_s']:.0f})" if c["gflop_per_s"] else ""
+                        cells.append(f"{c['ms']:.1f}{rate}".rjust(18))
+                    print(f"  {st:<12}{row['ms']:>8.1f}" + "".join(cells))
     elif mode == "transformer":
         r = bench_transformer(args.size, device, args.repeats, args.warmup,
                               dim=args.dim or default_dim("resnet18"), heads=args.heads)
@@ -393,11 +535,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         for size in args.sizes:
             for bb in args.backbones:
                 r = bench_model(bb, size, device, args.repeats, args.warmup, args.half, args.precision,
-                                args.dim, args.heads)
+                                args.dim, args.heads, args.fold_bn)
                 results.append(r)
                 ms, st = r["ms"], r["stages_ms"]
                 print(f"\n{bb} @ {r['size']} ({r['dtype']}, {r['precision']}, d={r['dim']}, "
-                      f"{r['heads']} heads)")
+                      f"{r['heads']} heads{'' if r['fold_bn'] else ', BatchNorm not folded'})")
                 print("  stages: " + hdr)
                 print("          " + "  ".join(f"{st[s]:10.1f}" for s in STAGES))
                 print(f"  streamed {ms['streamed']:.1f} ms ({r['fps_streamed']:.2f} FPS) | "

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .checkpoint import default_checkpoint, load_checkpoint
 from .errors import InputError
-from .model import MSAF
+from .model import MSAF, fold_batchnorm
 
 MIN_SIZE = 8  # smallest frame side the network accepts
 
@@ -77,13 +77,16 @@ class Segmenter:
     ``half``: run in float16 (CUDA only). ``bf16``: bfloat16 autocast on CPU (about 3× faster
     backbone on CPUs with AMX; labels may differ from float32 on a few pixels). ``max_gap_s``: largest gap between stamps that keeps
     a stream's cache (None: no limit). ``max_streams``: streams kept (least recently used
-    dropped beyond it).
+    dropped beyond it). ``fold_bn``: fold the BatchNorm layers into the convolutions before
+    them (:func:`~msaf_core.model.fold_batchnorm`; same result up to rounding, faster). The
+    Segmenter takes ownership of ``model``: it is switched to eval mode, moved, and folded in
+    place, so pass a copy of a model that is still being trained.
     """
 
     def __init__(self, model: MSAF, device: Union[str, torch.device] = "cpu", *,
                  size: Optional[Tuple[int, int]] = None, half: bool = False, bf16: bool = False,
                  max_gap_s: Optional[float] = 1.5, max_streams: int = 16,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, fold_bn: bool = True) -> None:
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise ValueError("half precision needs a CUDA device")
@@ -95,6 +98,8 @@ class Segmenter:
         if max_gap_s is not None and max_gap_s <= 0:
             raise ValueError(f"max_gap_s must be > 0 or None, got {max_gap_s!r}")
         self.model = model.eval().to(self.device)
+        if fold_bn:  # the Segmenter owns its model, for inference only
+            fold_batchnorm(self.model)
         if half:
             self.model.half()
         if channels_last:

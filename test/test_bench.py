@@ -75,3 +75,28 @@ def test_dcn_mode_agrees_with_torchvision(tmp_path):
                        "--threads", "1", "--json", str(out)]) == 0
     (r,) = json.loads(out.read_text())["results"]
     assert r["max_abs_difference"] < 1e-4
+
+
+def test_profile_mode_splits_every_stage_into_kernel_families(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert bench.main(["profile", "--sizes", "64x48", "--backbones", "resnet18", "--repeats", "1",
+                       "--warmup", "1", "--threads", "1", "--dim", "32", "--heads", "2",
+                       "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["mode"] == "profile" and r["fold_bn"] is True
+    assert set(r["stages"]) == set(bench.STAGES)
+    for name, st in r["stages"].items():
+        kinds = st["kinds"]
+        assert set(kinds) <= set(bench.PROFILE_KINDS) and "other" in kinds
+        assert sum(c["ms"] for c in kinds.values()) == pytest.approx(st["ms"], rel=1e-6, abs=1e-6)
+    # the kernels land in the stages that run them, with the work the profiler counts
+    assert r["stages"]["backbone"]["kinds"]["conv"]["gflop"] > 0
+    assert r["stages"]["pst"]["kinds"]["attention"]["gflop"] > 0
+    assert r["stages"]["att"]["kinds"]["sampling"]["ms"] > 0
+    assert "attention" not in r["stages"]["backbone"]["kinds"]
+    assert "kernel family" in capsys.readouterr().out
+
+
+def test_attention_flops_count_both_products():
+    # softmax(QK^T)V for 2 heads, 5 queries, 7 keys, 4 dims: 2·(2·5·7·4) multiply-adds ×2
+    assert bench._attention_flops([[1, 2, 5, 4], [1, 2, 7, 4], [1, 2, 7, 4]]) == 4 * 2 * 5 * 7 * 4

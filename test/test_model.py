@@ -269,3 +269,41 @@ def test_inference_deformable_conv_equals_torchvision_across_row_blocks(monkeypa
         with torch.inference_mode():
             out = M.modulated_deform_conv(x, off, mask, wt, bias, groups)
         assert torch.allclose(out, ref, atol=1e-9), chunk
+
+
+def _randomize_batchnorm(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+            m.weight.data.copy_(torch.randn(n, generator=g))
+            m.bias.data.copy_(torch.randn(n, generator=g))
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
+def test_folded_batchnorm_equals_the_unfolded_network(backbone):
+    """Every BatchNorm of the network follows a convolution; folding them all must leave the
+    output unchanged (float64), with random running statistics and affine parameters."""
+    import copy
+
+    from msaf_core import MSAF
+    from msaf_core.model import fold_batchnorm
+    model = MSAF(MSAFConfig(backbone=backbone, dim=16, heads=2)).double().eval()
+    _randomize_batchnorm(model)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) == n_bn
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = _frames(b=2, h=40, w=56).double()
+    with torch.no_grad():
+        ref, out = model(x)["out"], folded(x)["out"]
+    assert torch.allclose(out, ref, atol=1e-9, rtol=1e-9)
+    assert not torch.allclose(ref, torch.zeros_like(ref))
+
+
+def test_fold_batchnorm_refuses_a_training_model():
+    from msaf_core.model import fold_batchnorm
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(make_tiny_model().train())

@@ -122,7 +122,7 @@ def test_stream_count_is_bounded(frames):
 def test_cache_not_in_state_dict_and_follows_dtype(frames):
     model = make_tiny_model()
     keys = set(model.state_dict())
-    seg = Segmenter(model)
+    seg = Segmenter(model, fold_bn=False)  # folding changes the keys on purpose
     seg.segment(frames[0])
     seg.segment(frames[1])
     assert set(model.state_dict()) == keys
@@ -190,3 +190,23 @@ def test_real_frames_stream_equals_reference(val_frames):
     for a, b in zip(out, ref):
         assert a.shape == (360, 480)
         np.testing.assert_array_equal(a, b)
+
+
+def test_segmenter_folds_batchnorm_with_the_same_labels(frames):
+    """The Segmenter folds BatchNorm into the convolutions by default (faster, same network);
+    its labels agree with an unfolded Segmenter's (float32 rounding may flip a rare tie)."""
+    import copy
+    model = make_tiny_model()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    plain = Segmenter(copy.deepcopy(model), fold_bn=False)
+    folded = Segmenter(model)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    for i, f in enumerate(frames):
+        a = plain.segment(f, stamp_ns=i * 66 * MS)
+        b = folded.segment(f, stamp_ns=i * 66 * MS)
+        assert (a == b).mean() >= 0.999
