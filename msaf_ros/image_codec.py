@@ -331,6 +331,43 @@ def _cv2():
         return None
 
 
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+
+
+def _compressed_payload(msg: Any) -> tuple:
+    """(payload bytes as uint8 array, lower-case format) of a CompressedImage."""
+    buf = _as_bytes(getattr(msg, "data", None))
+    fmt = str(getattr(msg, "format", "") or "").lower()
+    if buf.size == 0:
+        raise ImageDecodeError("compressed image has no data", "compressed")
+    if "compresseddepth" in fmt and buf.size > 12:
+        buf = buf[12:]                                  # compressedDepth's 12-byte header
+    return buf, fmt
+
+
+def check_compressed(msg: Any) -> None:
+    """Cheap checks of a sensor_msgs/CompressedImage, without decoding (the node runs them in
+    the subscription callback, so that a broken frame never displaces a good one waiting for
+    the model): data present; a JPEG payload ends with its end-of-image marker and a PNG
+    payload with its IEND chunk (a truncated transfer fails here); a format naming JPEG or
+    PNG holds such data. Other formats pass (the decoder judges them). Raises
+    :class:`ImageDecodeError` (reason ``compressed``)."""
+    buf, fmt = _compressed_payload(msg)
+    head, tail = buf[:8].tobytes(), buf[-1024:].tobytes()   # end markers: allow padding
+    if head.startswith(_JPEG_START):
+        if _JPEG_END not in tail:
+            raise ImageDecodeError(f"JPEG data of {buf.size} bytes has no end-of-image marker "
+                                   f"(truncated?)", "compressed")
+    elif head.startswith(_PNG_START):
+        if _PNG_END not in tail:
+            raise ImageDecodeError(f"PNG data of {buf.size} bytes has no IEND chunk "
+                                   f"(truncated?)", "compressed")
+    elif any(k in fmt for k in ("jpeg", "jpg", "png")):
+        raise ImageDecodeError(f"format {fmt!r} but the {buf.size} bytes are neither JPEG nor "
+                               f"PNG data", "compressed")
+
+
 def compressed_to_rgb(msg: Any) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png, ...) → new H×W×3 uint8 RGB array.
 
@@ -339,12 +376,7 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
     Raises :class:`ImageDecodeError` when the data cannot be decoded.
     """
     try:
-        buf = _as_bytes(getattr(msg, "data", None))
-        fmt = str(getattr(msg, "format", "") or "").lower()
-        if buf.size == 0:
-            raise ImageDecodeError("compressed image has no data", "compressed")
-        if "compresseddepth" in fmt and buf.size > 12:
-            buf = buf[12:]
+        buf, fmt = _compressed_payload(msg)
         cv2 = _cv2()
         if cv2 is not None:
             img = None

@@ -9,24 +9,38 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 
 class LatestSlot:
-    """A single-item mailbox between the subscription callback and the inference worker.
+    """Newest-frame mailboxes, one per stream (camera), between the subscription callback
+    and the inference worker.
 
-    :meth:`put` replaces whatever is waiting (the replaced item is returned, so the caller
-    can count it as a dropped stale frame); :meth:`get` blocks until an item or
-    :meth:`close`. Frames are never queued: the worker always gets the newest one.
+    :meth:`put` replaces only the item waiting for the same ``key``; the replaced item is
+    returned, so the caller can count it as a dropped stale frame. :meth:`get` blocks until
+    an item or :meth:`close` and hands out the item of the stream that has waited longest
+    (a replaced item keeps its stream's place), so cameras that fire together are served in
+    turn instead of the last one to arrive always winning. Frames are never queued within a
+    stream: the worker always gets a stream's newest one. At most ``max_keys`` streams wait;
+    a new one beyond that evicts the longest-waiting item (returned as replaced).
     """
 
-    def __init__(self) -> None:
-        self._item: Any = None
-        self._full = False
+    def __init__(self, max_keys: int = 16) -> None:
+        self.max_keys = max(1, int(max_keys))
+        self._items: "collections.OrderedDict[Any, Any]" = collections.OrderedDict()
         self._closed = False
         self._cond = threading.Condition()
 
-    def put(self, item: Any) -> Tuple[bool, Any]:
-        """Store ``item``; returns (replaced, old item)."""
+    def put(self, item: Any, key: Any = "") -> Tuple[bool, Any]:
+        """Store ``item`` for ``key``; returns (replaced, replaced item or None)."""
         with self._cond:
-            replaced, old = self._full, self._item
-            self._item, self._full = item, True
+            if key in self._items:
+                old = self._items[key]
+                self._items[key] = item                 # keeps the stream's place
+                replaced = True
+            elif len(self._items) >= self.max_keys:
+                _, old = self._items.popitem(last=False)
+                self._items[key] = item
+                replaced = True
+            else:
+                old, replaced = None, False
+                self._items[key] = item
             self._cond.notify()
         return replaced, old
 
@@ -34,20 +48,23 @@ class LatestSlot:
         """(True, item) when one came, (False, None) on close or timeout."""
         with self._cond:
             end = None if timeout is None else time.monotonic() + timeout
-            while not self._full and not self._closed:
+            while not self._items and not self._closed:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return False, None
                 self._cond.wait(left)
             if self._closed:
                 return False, None
-            item, self._item, self._full = self._item, None, False
-            return True, item
+            return True, self._items.popitem(last=False)[1]
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._item, self._full = None, False
+            self._items.clear()
             self._cond.notify_all()
 
     @property

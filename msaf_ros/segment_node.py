@@ -19,6 +19,7 @@ the waiting one (counted as dropped), they are never queued. Parameters: see
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -78,11 +79,12 @@ class SegmentNode:
         self.cfg = validate(self._declare())
         self.seg = None
         self.stats = Stats()
-        self.slot = LatestSlot()
+        # one newest-frame slot per camera, served in turn (see LatestSlot)
+        self.slot = LatestSlot(max_keys=self.cfg["max_streams"])
         self._throttle = Throttle(self.cfg["warn_period"])
         self._stop = threading.Event()
         self._worker: Optional[threading.Thread] = None
-        self._known_streams: set = set()
+        self._known_streams: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._compressed = self.cfg["input_transport"] == "compressed"
         self.input_topic = ""
         for key in ("diag", "log"):
@@ -298,14 +300,16 @@ class SegmentNode:
     # -- callback (executor thread; keep it cheap) ------------------------------------------
     def _on_image(self, msg: Any) -> None:
         self.stats.on_received()
-        if not self._compressed:
-            try:
+        try:
+            if self._compressed:
+                ic.check_compressed(msg)        # empty or truncated payloads: no decoding
+            else:
                 _, h, w = ic.check_image(msg)   # layout only, no pixel copied
                 self._check_size(h, w)
-            except ic.ImageDecodeError as e:
-                self._bad(e.reason, str(e), msg)
-                return
-        replaced, old = self.slot.put((msg, time.monotonic()))
+        except ic.ImageDecodeError as e:
+            self._bad(e.reason, str(e), msg)    # a bad frame never evicts a waiting good one
+            return
+        replaced, old = self.slot.put((msg, time.monotonic()), key=msg.header.frame_id)
         if replaced:
             self.stats.on_dropped_stale()
             # the skipped frame still shows the stream is alive: the gap rule measures
@@ -372,8 +376,12 @@ class SegmentNode:
         header = msg.header
         stream = header.frame_id
         stamp_ns = stamp_to_ns(header.stamp)
-        if stream not in self._known_streams:
-            self._known_streams.add(stream)
+        if stream in self._known_streams:
+            self._known_streams.move_to_end(stream)
+        else:
+            self._known_streams[stream] = None
+            if len(self._known_streams) > 4 * self.cfg["max_streams"]:  # bounded
+                self._known_streams.popitem(last=False)
             self.log.info(f"new stream '{stream}' ({rgb.shape[1]}x{rgb.shape[0]})")
         # A zero stamp means "unset": no time-based cache resets for such publishers.
         labels = self.seg.segment(rgb, stream=stream, stamp_ns=stamp_ns or None)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from msaf_ros import image_codec as ic
 from msaf_ros.image_codec import (ENCODABLE, ENCODINGS, SUPPORTED_ENCODINGS, ImageDecodeError,
-                                  compressed_to_rgb, image_fields, image_to_rgb, labels_to_image,
+                                  check_compressed, compressed_to_rgb, image_fields, image_to_rgb, labels_to_image,
                                   rgb_to_image)
 
 RNG = np.random.default_rng(0)
@@ -220,6 +220,27 @@ def test_compressed(ext, backend, monkeypatch, val_frames):
     for bad in (b"", b"\xff\xd8\xff garbage", b.getvalue()[: len(b.getvalue()) // 3][:20]):
         with pytest.raises(ImageDecodeError):
             compressed_to_rgb(types.SimpleNamespace(format="jpeg", data=bad))
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_check_compressed_catches_truncated_and_mislabelled_data(ext, val_frames):
+    from io import BytesIO
+
+    from PIL import Image
+    b = BytesIO()
+    Image.fromarray(val_frames[0][0][::4, ::4].copy()).save(b, format="PNG" if ext == ".png" else "JPEG")
+    data, fmt = b.getvalue(), ext[1:]
+    check_compressed(types.SimpleNamespace(format=fmt, data=data))            # complete: ok
+    check_compressed(types.SimpleNamespace(format=fmt, data=data + b"\0" * 16))  # padded: ok
+    check_compressed(types.SimpleNamespace(format="16UC1; compressedDepth png",
+                                           data=b"\0" * 12 + data) if ext == ".png" else
+                     types.SimpleNamespace(format="bgr8; jpeg compressed bgr8", data=data))
+    for bad, why in ((data[: len(data) // 2], "truncated"), (b"", "no data"),
+                     (b"GIF89a....", "neither JPEG nor PNG")):
+        with pytest.raises(ImageDecodeError, match=why) as e:
+            check_compressed(types.SimpleNamespace(format=fmt, data=bad))
+        assert e.value.reason == "compressed"
+    check_compressed(types.SimpleNamespace(format="tiff", data=b"II*\0 other formats pass"))
 
 
 def test_compressed_gray_and_16bit():
