@@ -11,6 +11,7 @@ and Kilted (launch, launch_ros.actions.Node, ament_index_python only).
 
 import os
 import tempfile
+import zlib
 
 import yaml
 from launch import LaunchDescription
@@ -39,22 +40,31 @@ def share_dir():
         return str(fallback())
 
 
-def node_parameters(params_file):
-    """The segment_node parameters of a params file: entries under any key naming the node
-    (``segment_node``, ``/ns/segment_node``) or ``/**``. Read here, not passed as a file, so
-    that the node finds them under any namespace."""
+def node_parameters(params_file, namespace=''):
+    """The parameters a params file gives this launch's node, ``/<namespace>/segment_node``,
+    merged as ROS 2 would apply them: wildcard entries (``/**``, ``/**/segment_node``) first,
+    then the entry naming the node exactly (``segment_node``/``/segment_node`` without a
+    namespace, ``/<namespace>/segment_node`` with one), which wins. Entries for other
+    namespaces are ignored. Read here, not passed as a file, so that the node finds them
+    under any namespace."""
     with open(params_file) as f:
         data = yaml.safe_load(f) or {}
-    params = {}
+    ns = namespace.strip('/')
+    full = f'/{ns}/{NODE_NAME}' if ns else f'/{NODE_NAME}'
+    wildcard, exact = {}, {}
     for key, entry in data.items():
-        key = str(key)
-        if key in ('/**', '**') or key.rstrip('/').rsplit('/', 1)[-1] == NODE_NAME:
-            params.update(((entry or {}).get('ros__parameters') or {}))
-    return params
+        key = '/' + str(key).strip().lstrip('/')
+        values = (entry or {}).get('ros__parameters') or {}
+        if key in ('/**', f'/**/{NODE_NAME}'):
+            wildcard.update(values)
+        elif key == full:
+            exact.update(values)
+    return {**wildcard, **exact}
 
 
 def rviz_config(namespace, image_topic):
-    """config/msaf.rviz with its topics moved to this launch's names (a temporary file)."""
+    """config/msaf.rviz with its topics moved to this launch's names (a file in the temp
+    directory, one per user and set of names)."""
     with open(os.path.join(share_dir(), RVIZ_FILE)) as f:
         text = f.read()
     ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
@@ -62,9 +72,13 @@ def rviz_config(namespace, image_topic):
     new = {'input': image, 'overlay': f'{ns}/overlay', 'color_mask': f'{ns}/color_mask'}
     for key, old in RVIZ_TOPICS.items():
         text = text.replace(f'Value: {old}\n', f'Value: {new[key]}\n')
-    fd, path = tempfile.mkstemp(prefix='msaf_', suffix='.rviz')
-    with os.fdopen(fd, 'w') as f:
+    # one file per user and set of topic names, rewritten by each launch: no pile-up in /tmp
+    tag = zlib.crc32(f'{os.getuid() if hasattr(os, "getuid") else 0}:{image}:{ns}'.encode())
+    path = os.path.join(tempfile.gettempdir(), f'msaf_ros_{tag:08x}.rviz')
+    tmp = f'{path}.{os.getpid()}'
+    with open(tmp, 'w') as f:
         f.write(text)
+    os.replace(tmp, path)           # atomic: a concurrent launch never reads half a file
     return path
 
 
@@ -72,7 +86,7 @@ def launch_setup(context, *args, **kwargs):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    params = node_parameters(arg('params_file'))
+    params = node_parameters(arg('params_file'), arg('namespace'))
     for name in PARAMETER_ARGUMENTS:
         if arg(name) != '':
             params[name] = arg(name)

@@ -120,7 +120,7 @@ def test_launch_files_exist_and_imports_are_portable():
     assert consts["PARAMS_FILE"] == "config/msaf.yaml"
     assert consts["RVIZ_FILE"] == "config/msaf.rviz"
     # Only APIs present in Humble, Jazzy and Kilted.
-    allowed = {"os", "tempfile", "yaml", "launch", "launch.actions", "launch.substitutions",
+    allowed = {"os", "tempfile", "zlib", "yaml", "launch", "launch.actions", "launch.substitutions",
                "launch_ros.actions", "ament_index_python.packages", "msaf_ros.resources"}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -306,3 +306,20 @@ def test_resources_find_the_share_files():
     assert resources.launch_file().is_file()
     assert resources.default_params_file().read_text() == YAML.read_text()
     assert resources.candidates()[-1] == ROOT
+
+
+def test_params_file_entries_for_other_namespaces_are_ignored(fake_launch, tmp_path):
+    """One params file for several cameras: each launch takes the wildcard entries, then its
+    own node's entry; another namespace's entry never leaks in, whatever the file order."""
+    own = tmp_path / "cams.yaml"
+    own.write_text("/front/segment_node:\n  ros__parameters:\n    device: cuda:0\n"
+                   "/**:\n  ros__parameters:\n    overlay_alpha: 0.3\n    device: cpu\n"
+                   "/rear/segment_node:\n  ros__parameters:\n    device: cuda:1\n"
+                   "segment_node:\n  ros__parameters:\n    device: auto\n")
+    node_parameters = fake_launch.module.node_parameters
+    assert node_parameters(str(own), "front") == {"device": "cuda:0", "overlay_alpha": 0.3}
+    assert node_parameters(str(own), "/rear/") == {"device": "cuda:1", "overlay_alpha": 0.3}
+    assert node_parameters(str(own), "") == {"device": "auto", "overlay_alpha": 0.3}
+    assert node_parameters(str(own), "side") == {"device": "cpu", "overlay_alpha": 0.3}
+    (node,) = fake_launch.run(namespace="rear", params_file=str(own))
+    assert node.kwargs["parameters"][0]["device"] == "cuda:1"
