@@ -141,3 +141,17 @@ def test_cityscapes_missing_sequence_frame(tmp_path):
     next((tmp_path / "leftImg8bit_sequence" / "val" / "bochum").glob("*000017*")).unlink()
     with pytest.raises(FileNotFoundError, match="sequence frame missing"):
         CityscapesClips(tmp_path, "val")
+
+
+def test_frame_cache_is_bounded(camvid_root):
+    """Decoded frames are cached up to cache_mb per process (Cityscapes' 56 GB of frames
+    would not fit); beyond the bound frames are decoded each time, with the same pixels."""
+    one = 480 * 360 * 3
+    ds = CamVidClips(camvid_root, "val", cache_mb=2.5 * one / 2**20)   # room for two frames
+    frames = [p for p in dict.fromkeys(p for it in ds.items[:6] for p in it[0])][:4]
+    first = [ds._img(p) for p in frames]
+    assert len(ds._cache) == 2 and all(p in ds._cache for p in frames[:2])
+    again = [ds._img(p) for p in frames]
+    assert again[0] is first[0] and again[3] is not first[3]          # cached / decoded anew
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert CamVidClips(camvid_root, "val", cache=False)._cache is None
