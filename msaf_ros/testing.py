@@ -138,7 +138,7 @@ class Probe:
         from rclpy.executors import SingleThreadedExecutor  # noqa: PLC0415
         self.rclpy = rclpy
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
+        rclpy.init(args=[], context=self.context, domain_id=domain_id)  # not sys.argv
         self.node = rclpy.create_node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
