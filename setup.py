@@ -34,7 +34,7 @@ setup(
         "torchvision",
         "pillow",
         "tqdm",
-        "rosbags>=0.10",
+        "rosbags>=0.11",  # single-file .mcap bags, StoragePlugin, MessageDefinitionFormat
         "rosbags-image>=0.9",
     ],
     extras_require={
