@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mixed precision: auto = fp16 on CUDA, bf16 on CPUs with AMX/AVX512-BF16")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", default=None, help="a last.pt to continue from ('auto': OUT/last.pt if present)")
+    p.add_argument("--allow-changed-recipe", action="store_true",
+                   help="on --resume, accept a changed schedule/data recipe (iters, lr, batch "
+                        "size, ...); the model options must always match")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run in an OUT that holds one (its log is restarted and "
+                        "its checkpoints are overwritten)")
     p.add_argument("--backbone-weights", default=None, help="local torchvision ImageNet state dict")
     p.add_argument("--device", default="auto")
     p.add_argument("--workers", type=int, default=0)
@@ -110,6 +116,39 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.dim is None:
         args.dim = default_dim(args.backbone)
     return args
+
+
+#: Options that define the network: a resumed run must match them.
+MODEL_KEYS = ("dataset", "backbone", "dim", "heads", "variant")
+#: Options that define the schedule and the data order: a resumed run matches them unless
+#: ``--allow-changed-recipe``.
+RECIPE_KEYS = ("batch_size", "iters", "lr", "head_lr_mult", "weight_decay", "warmup",
+               "poly_power", "crop", "scale", "jitter", "class_weights", "history_grad", "seed")
+
+
+def check_resume(saved: Dict[str, Any], args: argparse.Namespace, saved_world: Optional[int],
+                 world: int, path: str) -> None:
+    """Refuse to resume ``path`` under other model options (always) or another recipe or
+    process count (unless ``--allow-changed-recipe``, which prints what changed)."""
+    def norm(v: Any) -> Any:
+        return list(v) if isinstance(v, (tuple, list)) else v
+
+    def diffs(keys: Sequence[str]) -> List[str]:
+        return [f"{k}: {norm(saved[k])!r} in the run, {norm(getattr(args, k))!r} now"
+                for k in keys if k in saved and norm(saved[k]) != norm(getattr(args, k))]
+    model = diffs(MODEL_KEYS)
+    if model:
+        raise SystemExit(f"[msaf-train] {path} is a different model: " + "; ".join(model))
+    recipe = diffs(RECIPE_KEYS)
+    if saved_world is not None and saved_world != world:
+        recipe.append(f"processes: {saved_world} in the run, {world} now")
+    if recipe and not args.allow_changed_recipe:
+        raise SystemExit(f"[msaf-train] {path} was trained with another recipe (" +
+                         "; ".join(recipe) + "): resume with the same options, or pass "
+                         "--allow-changed-recipe to continue under the new ones")
+    if recipe and int(os.environ.get("RANK", "0")) == 0:
+        print("[msaf-train] resuming with a changed recipe: " + "; ".join(recipe),
+              file=sys.stderr)
 
 
 def lr_factor(step: int, iters: int, warmup: int, power: float) -> float:
@@ -185,8 +224,14 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         torch.set_num_threads(args.threads)
     is_main = rank == 0
     out = Path(args.out)
+    if not args.resume and not args.force and any(
+            (out / n).exists() for n in ("last.pt", "best.pt", "log.jsonl")):
+        raise SystemExit(f"[msaf-train] {out} holds a run already: continue it with --resume "
+                         f"auto, or start over with --force (or choose another --out)")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        if args.force and not args.resume and (out / "log.jsonl").exists():
+            (out / "log.jsonl").unlink()          # a new run: its record starts empty
 
     amp = args.amp
     if amp == "auto":
@@ -240,6 +285,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         ts = ck.get("train_state")
         if ts is None:
             raise SystemExit(f"{resume}: holds no training state (use a last.pt)")
+        check_resume(ts.get("args") or {}, args, ts.get("world"), world, resume)
         state = {k: v.float() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
         model.load_state_dict(state)
         opt.load_state_dict(ts["optimizer"])
@@ -266,9 +312,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
     def _on_signal(signum, frame):  # save and leave at the next step
         stop["flag"] = True
-    if is_main:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, _on_signal)
+    for s in (signal.SIGTERM, signal.SIGINT):  # every rank: torchrun signals them all
+        signal.signal(s, _on_signal)
 
     def save_last() -> None:
         rngs: Dict[str, Any] = {str(rank): _rng_state()}
@@ -279,7 +324,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         if not is_main:
             return
         ts = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "pos": pos,
-              "best": best, "rng": rngs, "args": {k: (list(v) if isinstance(v, tuple) else v)
+              "best": best, "rng": rngs, "world": world, "args": {k: (list(v) if isinstance(v, tuple) else v)
                                                   for k, v in vars(args).items()}}
         if scaler.is_enabled():
             ts["scaler"] = scaler.state_dict()
@@ -362,12 +407,12 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                     msg += " (best)"
                 (bar.write if bar is not None else print)(msg)
                 result = {"val_miou": miou}
+            if distributed:  # all ranks agree on stopping before save_last's collective
+                flag = torch.tensor([1 if stop["flag"] else 0], device=device)  # nccl: on GPU
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop["flag"] = bool(flag.item())
             if step % args.save_every == 0 or step == args.iters or stop["flag"]:
                 save_last()
-            if distributed:
-                flag = torch.tensor([1 if stop["flag"] else 0])
-                dist.broadcast(flag, 0)
-                stop["flag"] = bool(flag.item())
             if step >= args.iters or stop["flag"]:
                 break
         else:

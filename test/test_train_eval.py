@@ -109,6 +109,29 @@ def test_resume_continues_the_exact_schedule(mini_camvid, tmp_path):
         assert torch.allclose(sa[k].float(), sc[k].float(), atol=1e-6), k
 
 
+def test_resume_refuses_another_model_or_recipe_and_runs_are_not_overwritten(mini_camvid, tmp_path):
+    common = ["--data-root", str(mini_camvid), "--eval-every", "0", "--save-every", "2", *TINY]
+    out = tmp_path / "run"
+    assert train_main([*common, "--out", str(out), "--iters", "4", "--stop-after", "2"]) == 0
+    last = str(out / "last.pt")
+    with pytest.raises(SystemExit, match="different model: heads: 4 in the run, 2 now"):
+        train_main([*common, "--heads", "2", "--out", str(out), "--iters", "4", "--resume", last])
+    with pytest.raises(SystemExit, match="another recipe .*batch_size: 2 in the run, 1 now"):
+        train_main([*common, "--batch-size", "1", "--out", str(out), "--iters", "4",
+                    "--resume", "auto"])
+    # a fresh run into the same folder would replace best.pt and mix the two logs
+    with pytest.raises(SystemExit, match="holds a run already"):
+        train_main([*common, "--out", str(out), "--iters", "2"])
+    # extending a run on purpose
+    assert train_main([*common, "--out", str(out), "--iters", "6", "--resume", "auto",
+                       "--allow-changed-recipe"]) == 0
+    assert read_checkpoint(out / "last.pt")["train_state"]["step"] == 6
+    assert [r["step"] for r in _log(out) if "loss" in r] == list(range(1, 7))
+    # --force starts over: a new log
+    assert train_main([*common, "--out", str(out), "--iters", "2", "--force"]) == 0
+    assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2]
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(mini_camvid, tmp_path):
     out = tmp_path / "ddp"
