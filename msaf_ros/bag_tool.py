@@ -615,6 +615,10 @@ def segment_bag(input_path, output, topics: Sequence[str], *, segmenter=None,
                     waiting_pred[key] = labels
 
             for conn, bag_ns, raw in _messages(reader, input_path):
+                seq = -1
+                if conn.id in wanted:             # numbered as in pass 1: every message,
+                    seq = seqs2[conn.topic]       # also those past the --max-frames cutoff
+                    seqs2[conn.topic] += 1        # (bag time may go back between files)
                 if cutoff is not None and bag_ns > cutoff:
                     continue
                 writer.write(out_conn[conn.id], bag_ns, raw)
@@ -638,8 +642,6 @@ def segment_bag(input_path, output, topics: Sequence[str], *, segmenter=None,
                 if conn.id not in wanted:
                     continue
                 t = conn.topic
-                seq = seqs2[t]
-                seqs2[t] += 1
                 stats[t].messages += 1
                 if seq in undecodable[t]:
                     stats[t].dropped += 1

@@ -351,6 +351,42 @@ def test_far_out_of_order_frame_is_not_waited_for(tmp_path, monkeypatch):
     assert len(got["/cam/labels"]) == 6
 
 
+def test_max_frames_on_a_split_bag_whose_files_overlap_in_time(tmp_path):
+    """A bag of two files whose times interleave (the reader returns file by file, so bag
+    time goes back at the second file): --max-frames 3 segments the first three frames in
+    stamp order, i.e. the numbering of messages past the cutoff stays the same in both passes."""
+    import shutil
+
+    import yaml
+    rgb = synth_frames(1, h=8, w=8)[0]
+
+    def part(name, offsets):
+        return write_bag(tmp_path / name, "mcap", [
+            ("/cam/image", IMAGE, T0 + o, image_msg(rgb, "rgb8", T0 + o)) for o in offsets])
+    sec = 10**9
+    a, b = part("a", [0, sec, 2 * sec, 3 * sec]), part("b", [sec // 2, 3 * sec // 2, 5 * sec // 2])
+    bag = tmp_path / "split"
+    bag.mkdir()
+    meta_a = yaml.safe_load((a / "metadata.yaml").read_text())
+    meta_b = yaml.safe_load((b / "metadata.yaml").read_text())
+    ia, ib = meta_a["rosbag2_bagfile_information"], meta_b["rosbag2_bagfile_information"]
+    shutil.copy(a / ia["relative_file_paths"][0], bag / "a.mcap")
+    shutil.copy(b / ib["relative_file_paths"][0], bag / "b.mcap")
+    fa, fb = ia["files"][0], ib["files"][0]
+    fa["path"], fb["path"] = "a.mcap", "b.mcap"
+    ia["relative_file_paths"], ia["files"] = ["a.mcap", "b.mcap"], [fa, fb]
+    ia["message_count"] += ib["message_count"]
+    ia["topics_with_message_count"][0]["message_count"] += ib["message_count"]
+    ia["duration"]["nanoseconds"] = 3 * sec + 1
+    (bag / "metadata.yaml").write_text(yaml.safe_dump(meta_a))
+    with Reader(bag) as r:                         # the premise: time goes back mid-bag
+        times = [t for _, t, _ in r.messages()]
+    assert times != sorted(times)
+    res = bag_tool.segment_bag(bag, tmp_path / "out", ["/cam/image"], segmenter=FakeSeg(),
+                               max_frames=3, log=lambda s: None)
+    assert [f.stamp_ns - T0 for f in res.frames] == [0, sec // 2, sec]
+
+
 def test_sqlite3_to_mcap_with_namespace(tmp_path, tiny_checkpoint, capsys):
     inp = write_bag(tmp_path / "in", "sqlite3", camera_messages("rgb8", n=2))
     out = tmp_path / "out"
