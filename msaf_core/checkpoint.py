@@ -36,13 +36,17 @@ def save_checkpoint(path: PathLike, model: MSAF, *, train_resolution: Optional[T
                     extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write ``model`` to ``path`` atomically (a temporary file renamed into place).
 
-    ``half=True`` stores floating-point weights as float16 (they load back as float32).
+    ``half=True`` stores floating-point weights as float16 (they load back as float32); a
+    tensor with a value beyond float16's range (±65504, e.g. a large BatchNorm running
+    variance) stays float32 rather than turn into inf.
     ``train_resolution`` is (height, width) of the training crops.
     """
     cfg = model.cfg
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if half:
-        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+        fp16_max = torch.finfo(torch.float16).max
+        sd = {k: (v.half() if v.is_floating_point() and (v.numel() == 0 or bool(
+            v.abs().max() <= fp16_max)) else v) for k, v in sd.items()}
     ckpt: Dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,

@@ -384,6 +384,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                         bar.set_postfix(loss=f"{last_losses['loss']:.3f}", lr=f"{args.lr * f:.2e}",
                                         it_s=f"{ips:.2f}")
             do_eval = val_ds is not None and (step % args.eval_every == 0 or step == args.iters)
+            new_best = False
             if do_eval:
                 from .evaluate import evaluate_stream
                 from .segmenter import Segmenter
@@ -399,7 +400,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                 log_f.flush()
                 msg = f"[msaf-train] step {step}: {args.eval_split} mIoU {100 * miou:.2f}"
                 if miou > best:
-                    best = miou
+                    best, new_best = miou, True
                     save_checkpoint(out / "best.pt", model, train_resolution=args.crop,
                                     metrics={f"{args.dataset}_{args.eval_split}_miou": miou,
                                              f"{args.dataset}_{args.eval_split}_iou": res["iou"],
@@ -408,10 +409,12 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                 (bar.write if bar is not None else print)(msg)
                 result = {"val_miou": miou}
             if distributed:  # all ranks agree on stopping before save_last's collective
-                flag = torch.tensor([1 if stop["flag"] else 0], device=device)  # nccl: on GPU
+                flag = torch.tensor([int(stop["flag"]), int(new_best)], device=device)  # nccl: GPU
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stop["flag"] = bool(flag.item())
-            if step % args.save_every == 0 or step == args.iters or stop["flag"]:
+                stop["flag"], new_best = bool(flag[0].item()), bool(flag[1].item())
+            # after a new best.pt, last.pt records it at once: a crash before the next save
+            # cannot resume with an older best and later overwrite best.pt with a worse model
+            if step % args.save_every == 0 or step == args.iters or stop["flag"] or new_best:
                 save_last()
             if step >= args.iters or stop["flag"]:
                 break

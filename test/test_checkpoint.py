@@ -38,6 +38,18 @@ def test_half_storage_loads_as_float32(tmp_path):
     assert torch.allclose(w, model.state_dict()["reduce.0.weight"], atol=1e-3)
 
 
+def test_half_storage_keeps_out_of_range_tensors_in_float32(tmp_path):
+    """A BatchNorm running variance of 1e5 would become inf in float16: it stays float32."""
+    model = make_tiny_model()
+    model.reduce[1].running_var.fill_(1e5)
+    path = save_checkpoint(tmp_path / "h.pt", model, half=True)
+    raw = torch.load(path, weights_only=True)["state_dict"]
+    assert raw["reduce.1.running_var"].dtype == torch.float32
+    assert raw["reduce.0.weight"].dtype == torch.float16
+    m2, _ = load_checkpoint(path)
+    assert torch.equal(m2.state_dict()["reduce.1.running_var"], model.reduce[1].running_var)
+
+
 def test_segmenter_from_checkpoint(tmp_path, val_frames):
     model = make_tiny_model()
     path = save_checkpoint(tmp_path / "m.pt", model)

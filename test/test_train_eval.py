@@ -132,6 +132,23 @@ def test_resume_refuses_another_model_or_recipe_and_runs_are_not_overwritten(min
     assert [r["step"] for r in _log(out) if "loss" in r] == [1, 2]
 
 
+def test_last_checkpoint_follows_a_new_best(mini_camvid, tmp_path, monkeypatch):
+    """last.pt is written right after a new best.pt (whatever --save-every says), so a resume
+    after a crash knows that best and never overwrites best.pt with a worse model."""
+    import msaf_core.train as T
+    saved = []
+    real = T.save_checkpoint
+
+    def spy(path, model, **kw):
+        saved.append((Path(path).name, (kw.get("metrics") or {}).get("step")))
+        return real(path, model, **kw)
+    monkeypatch.setattr(T, "save_checkpoint", spy)
+    assert train_main(["--data-root", str(mini_camvid), "--out", str(tmp_path / "r"),
+                       "--iters", "3", "--eval-every", "2", "--save-every", "100", *TINY]) == 0
+    assert saved[:2] == [("best.pt", 2), ("last.pt", 2)] and saved[-1] == ("last.pt", 3)
+    assert read_checkpoint(tmp_path / "r" / "last.pt")["train_state"]["best"] >= 0
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(mini_camvid, tmp_path):
     out = tmp_path / "ddp"
