@@ -126,16 +126,20 @@ RECIPE_KEYS = ("batch_size", "iters", "lr", "head_lr_mult", "weight_decay", "war
                "poly_power", "crop", "scale", "jitter", "class_weights", "history_grad", "seed")
 
 
+def args_record(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run's options as last.pt stores them (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}
+
+
 def check_resume(saved: Dict[str, Any], args: argparse.Namespace, saved_world: Optional[int],
                  world: int, path: str) -> None:
     """Refuse to resume ``path`` under other model options (always) or another recipe or
     process count (unless ``--allow-changed-recipe``, which prints what changed)."""
-    def norm(v: Any) -> Any:
-        return list(v) if isinstance(v, (tuple, list)) else v
+    now = args_record(args)
 
     def diffs(keys: Sequence[str]) -> List[str]:
-        return [f"{k}: {norm(saved[k])!r} in the run, {norm(getattr(args, k))!r} now"
-                for k in keys if k in saved and norm(saved[k]) != norm(getattr(args, k))]
+        return [f"{k}: {saved[k]!r} in the run, {now[k]!r} now"
+                for k in keys if k in saved and saved[k] != now[k]]
     model = diffs(MODEL_KEYS)
     if model:
         raise SystemExit(f"[msaf-train] {path} is a different model: " + "; ".join(model))
@@ -324,8 +328,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         if not is_main:
             return
         ts = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "pos": pos,
-              "best": best, "rng": rngs, "world": world, "args": {k: (list(v) if isinstance(v, tuple) else v)
-                                                  for k, v in vars(args).items()}}
+              "best": best, "rng": rngs, "world": world, "args": args_record(args)}
         if scaler.is_enabled():
             ts["scaler"] = scaler.state_dict()
         save_checkpoint(out / "last.pt", model, train_resolution=args.crop,

@@ -31,16 +31,12 @@ class LatestSlot:
         """Store ``item`` for ``key``; returns (replaced, replaced item or None)."""
         with self._cond:
             if key in self._items:
-                old = self._items[key]
-                self._items[key] = item                 # keeps the stream's place
-                replaced = True
+                old, replaced = self._items[key], True
             elif len(self._items) >= self.max_keys:
-                _, old = self._items.popitem(last=False)
-                self._items[key] = item
-                replaced = True
+                (_, old), replaced = self._items.popitem(last=False), True
             else:
                 old, replaced = None, False
-                self._items[key] = item
+            self._items[key] = item                     # a waiting stream keeps its place
             self._cond.notify()
         return replaced, old
 

@@ -12,8 +12,9 @@ header and resolution:
 - ``/diagnostics`` diagnostic_msgs/DiagnosticArray.
 
 Every frame_id is its own stream with its own feature cache. Inference runs on a worker
-thread fed by a single newest-frame slot: frames arriving while the model is busy replace
-the waiting one (counted as dropped), they are never queued. Parameters: see
+thread fed by one newest-frame slot per stream, served in turn: a frame arriving while the
+model is busy replaces its stream's waiting one (counted as dropped), frames are never
+queued. Parameters: see
 :mod:`msaf_ros.params` and docs/node.md.
 """
 
