@@ -7,6 +7,7 @@ the same rule the streaming :class:`~msaf_core.Segmenter` applies.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,26 @@ def load_label(path: Path) -> np.ndarray:
 # -------------------------------------------------------------------------------------------
 @dataclass
 class ClipAugment:
-    """Geometry shared by all frames of a clip; photometric jitter drawn per frame.
+    """Geometry shared by all frames of a clip; photometric changes drawn per frame.
 
     ``crop``: (h, w) output size, or None for no crop (then no padding either).
     ``scale``: range of the random resize factor. Areas padded by the crop get label IGNORE.
+
+    Photometric (all off at 0): the light of the clip is drawn once (brightness, contrast,
+    saturation factors in [1-jitter, 1+jitter], gamma in [e^-gamma, e^gamma], a per-channel
+    white-balance gain in [1-colour, 1+colour], a Gaussian blur with probability ``blur``);
+    each frame then varies around it by a quarter of those ranges (exposure and white balance
+    drift between frames) and gets its own sensor noise of standard deviation up to ``noise``.
     """
 
     crop: Optional[Tuple[int, int]] = None
     scale: Tuple[float, float] = (1.0, 1.0)
     flip: bool = True
-    jitter: float = 0.0  # brightness/contrast/saturation strength, per frame
+    jitter: float = 0.0  # brightness/contrast/saturation strength
+    gamma: float = 0.0   # log-range of the gamma curve
+    colour: float = 0.0  # per-channel gain range (white balance, colour cast)
+    blur: float = 0.0    # probability of a Gaussian blur of sigma 0.4..1.5 px (per clip)
+    noise: float = 0.0   # largest standard deviation of additive Gaussian noise (per frame)
 
     def __call__(self, frames: torch.Tensor, label: torch.Tensor,
                  g: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -73,17 +84,49 @@ class ClipAugment:
             label = label[y0:y0 + ch, x0:x0 + cw]
         if self.flip and bool(torch.rand(1, generator=g) < 0.5):
             frames, label = frames.flip(-1), label.flip(-1)
-        if self.jitter > 0:
-            out = []
-            for f in frames:
-                b, c, sat = (1 + self.jitter * (2 * torch.rand(3, generator=g) - 1)).tolist()
-                f = f * b
-                f = (f - f.mean()) * c + f.mean()
-                grey = f.mean(0, keepdim=True)
-                f = (f - grey) * sat + grey
-                out.append(f.clamp(0, 1))
-            frames = torch.stack(out)
+        if self.jitter or self.gamma or self.colour or self.blur or self.noise:
+            frames = self._photometric(frames, g)
         return frames.contiguous(), label.contiguous()
+
+    def _photometric(self, frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        def u(n: int = 1) -> torch.Tensor:  # uniform in [-1, 1]
+            return 2 * torch.rand(n, generator=g) - 1
+        bcs = 1 + self.jitter * u(3)                     # the clip's light
+        gamma = float(self.gamma * u())
+        gain = 1 + self.colour * u(3)
+        sigma = float(0.4 + 1.1 * torch.rand(1, generator=g)) if (
+            self.blur and bool(torch.rand(1, generator=g) < self.blur)) else 0.0
+        out = []
+        for f in frames:
+            b, c, sat = (bcs * (1 + 0.25 * self.jitter * u(3))).tolist()
+            gm = math.exp(gamma + 0.25 * self.gamma * float(u()))
+            f = f * (gain * (1 + 0.25 * self.colour * u(3))).view(3, 1, 1)
+            f = f * b
+            f = (f - f.mean()) * c + f.mean()
+            grey = f.mean(0, keepdim=True)
+            f = ((f - grey) * sat + grey).clamp(0, 1)
+            if gm != 1.0:
+                f = f.pow(gm)
+            if sigma:
+                f = gaussian_blur(f, sigma)
+            if self.noise:
+                std = self.noise * float(torch.rand(1, generator=g))
+                f = f + std * torch.randn(f.shape, generator=g)
+            out.append(f.clamp(0, 1))
+        return torch.stack(out)
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(C, H, W) → the same, blurred by a separable Gaussian of ``sigma`` pixels (reflect pad)."""
+    r = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=img.dtype)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = k / k.sum()
+    c = img.shape[0]
+    y = F.pad(img[None], (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return y[0]
 
 
 def normalize(frames: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
@@ -193,43 +236,66 @@ class CamVidClips(ClipDataset):
     Labels 0..10 are the classes, 11 (void) becomes IGNORE. Frames of a sequence are ordered by
     their source frame number; a gap larger than ``max_gap`` source frames (30 fps) starts a
     new sequence, so t-1 and t-2 are never from a different part of the drive.
+
+    ``split`` may join splits with ``+`` (``"train+val"``: every labelled frame here); each
+    split's frames form their own sequences. ``sequences`` keeps only the drives named
+    (CamVid's file prefixes, e.g. ``0006R0``) and ``exclude`` drops them: holding out a
+    whole drive measures how the model does on a street it has never seen.
     """
 
     num_classes = 11
     class_names = CAMVID_CLASSES
 
     def __init__(self, root: str | Path, split: str = "train", augment: Optional[ClipAugment] = None,
-                 max_gap: int = 60, **kw) -> None:
+                 max_gap: int = 60, sequences: Optional[Sequence[str]] = None,
+                 exclude: Sequence[str] = (), **kw) -> None:
         root = Path(root)
-        img_dir, lab_dir = root / split, root / f"{split}annot"
-        if not img_dir.is_dir() or not lab_dir.is_dir():
-            raise FileNotFoundError(f"CamVid split {split!r} not found: expected {img_dir}/ and "
-                                    f"{lab_dir}/")
-        entries = []
-        for p in img_dir.glob("*.png"):
-            m = _CAMVID_NAME.match(p.name)
-            if not m:
-                continue
-            entries.append((m["seq"], int(m["num"]), p))
-        entries.sort(key=lambda e: (e[0], e[1]))
         self._seqs: List[List[int]] = []
         self._nums: List[int] = []
+        self._seq_names: List[str] = []
         items: List[Tuple[List[Path], Path, str]] = []
-        prev_seq, prev_num = None, None
-        for seq, num, p in entries:
-            if seq != prev_seq or num - prev_num > max_gap:
-                self._seqs.append([])
-            hist = [items[j][0][2] for j in self._seqs[-1][-2:]]  # t-2, t-1 where they exist
-            # Frame t stands in for each missing predecessor: (t, t, t), then (t, t-1, t).
-            cur_hist = hist if len(hist) == 2 else ([p, hist[0]] if hist else [p, p])
-            self._seqs[-1].append(len(items))
-            self._nums.append(num)
-            items.append((cur_hist + [p], lab_dir / p.name, p.stem))
-            prev_seq, prev_num = seq, num
+        found: set = set()
+        for part in split.split("+"):
+            img_dir, lab_dir = root / part, root / f"{part}annot"
+            if not img_dir.is_dir() or not lab_dir.is_dir():
+                raise FileNotFoundError(f"CamVid split {part!r} not found: expected {img_dir}/ "
+                                        f"and {lab_dir}/")
+            entries = []
+            for p in img_dir.glob("*.png"):
+                m = _CAMVID_NAME.match(p.name)
+                if not m:
+                    continue
+                found.add(m["seq"])
+                if (sequences is not None and m["seq"] not in sequences) or m["seq"] in exclude:
+                    continue
+                entries.append((m["seq"], int(m["num"]), p))
+            entries.sort(key=lambda e: (e[0], e[1]))
+            prev_seq, prev_num = None, None
+            for seq, num, p in entries:
+                if seq != prev_seq or num - prev_num > max_gap:
+                    self._seqs.append([])
+                    self._seq_names.append(seq)
+                hist = [items[j][0][2] for j in self._seqs[-1][-2:]]  # t-2, t-1 where they exist
+                # Frame t stands in for each missing predecessor: (t, t, t), then (t, t-1, t).
+                cur_hist = hist if len(hist) == 2 else ([p, hist[0]] if hist else [p, p])
+                self._seqs[-1].append(len(items))
+                self._nums.append(num)
+                items.append((cur_hist + [p], lab_dir / p.name, p.stem))
+                prev_seq, prev_num = seq, num
+        unknown = sorted(set(sequences or ()).union(exclude) - found)
+        if unknown:
+            raise ValueError(f"CamVid {split}: no sequence named {', '.join(unknown)} (it has "
+                             f"{', '.join(sorted(found))})")
+        if not items:
+            raise ValueError(f"CamVid {split}: no frames left after selecting sequences")
         missing = [str(it[1]) for it in items if not it[1].exists()]
         if missing:
             raise FileNotFoundError(f"{len(missing)} label files missing, e.g. {missing[0]}")
         super().__init__(items, augment, **kw)
+
+    def sequence_names(self) -> List[str]:
+        """The drive (file prefix) of each of :meth:`sequences`."""
+        return list(self._seq_names)
 
     def map_label(self, lab: np.ndarray) -> np.ndarray:
         lab = lab.copy()

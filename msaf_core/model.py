@@ -524,18 +524,53 @@ class MSAF(nn.Module):
         return self.head(x_tm2, x_tm1, cur, (h, w))
 
 
+def ohem_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = 255,
+                       weight: Optional[Tensor] = None, thresh: float = 0.7,
+                       min_kept: float = 0.1) -> Tensor:
+    """Online hard example mining cross-entropy (bootstrapped CE; mmseg's OHEM sampler).
+
+    Only the pixels whose probability of the true class is below ``thresh`` count; where
+    fewer than ``min_kept`` (a fraction of the labelled pixels) are that hard, the
+    ``min_kept`` hardest count. Easy pixels of big classes (sky, road) then stop drowning
+    the thin and rare ones. logits (B, K, H, W), target (B, H, W) int64 → scalar.
+    """
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=ignore_index,
+                         reduction="none")                                  # (B, H, W)
+    valid = target != ignore_index
+    n = int(valid.sum())
+    if n == 0:
+        return ce.sum() * 0.0
+    with torch.no_grad():
+        t = target.clone()
+        t[~valid] = 0
+        prob = logits.detach().softmax(1).gather(1, t[:, None])[:, 0]      # (B, H, W)
+        pv = prob[valid]
+        k = min(n, max(1, int(min_kept * n)))
+        kth = torch.kthvalue(pv, k).values
+        keep = valid & (prob <= max(thresh, float(kth)))
+    if weight is None:
+        return ce[keep].mean()
+    return ce[keep].sum() / weight[target[keep]].sum().clamp_min(1e-12)
+
+
 def msaf_loss(outputs: Dict[str, Tensor], target: Tensor, ignore_index: int = 255,
-              class_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
+              class_weights: Optional[Tensor] = None,
+              ohem: Optional[Tuple[float, float]] = None) -> Dict[str, Tensor]:
     """Eq. (15): L_M + L_pd + L_rd, each a cross-entropy with ``ignore_index``.
 
-    ``target`` (B, H, W) int64. Returns the terms and their sum under ``'loss'``.
+    ``target`` (B, H, W) int64. ``ohem`` = (threshold, min_kept fraction) makes each term
+    an :func:`ohem_cross_entropy`. Returns the terms and their sum under ``'loss'``.
     """
     terms = {"loss_m": outputs["out"]}
     if "aux_pixel" in outputs:
         terms["loss_pd"] = outputs["aux_pixel"]
     if "aux_region" in outputs:
         terms["loss_rd"] = outputs["aux_region"]
-    losses = {k: F.cross_entropy(v.float(), target, weight=class_weights,
-                                 ignore_index=ignore_index) for k, v in terms.items()}
+    if ohem is None:
+        losses = {k: F.cross_entropy(v.float(), target, weight=class_weights,
+                                     ignore_index=ignore_index) for k, v in terms.items()}
+    else:
+        losses = {k: ohem_cross_entropy(v.float(), target, ignore_index, class_weights, *ohem)
+                  for k, v in terms.items()}
     losses["loss"] = sum(losses.values())  # type: ignore[assignment]
     return losses

@@ -49,7 +49,14 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "scratch": dict(lr=1e-3, head_lr_mult=1.0, weight_decay=0.01, warmup=500, poly_power=0.9,
                     iters=20_000, batch_size=8, crop=(256, 256), scale=(0.75, 1.5), jitter=0.2,
                     class_weights="sqrt-median", history_grad=False, amp="auto"),
+    "robust": dict(lr=1e-3, head_lr_mult=1.0, weight_decay=0.01, warmup=300, poly_power=0.9,
+                   iters=6000, batch_size=8, crop=(192, 192), scale=(0.5, 2.0), jitter=0.3,
+                   gamma=0.4, colour=0.1, blur=0.3, noise=0.03, loss="ohem",
+                   class_weights="none", history_grad=False, amp="auto"),
 }
+#: Defaults of the options that older presets do not set.
+COMMON = dict(gamma=0.0, colour=0.0, blur=0.0, noise=0.0, loss="ce", ohem_thresh=0.7,
+              ohem_min_kept=0.1)
 DEFAULT_CROP = {"camvid": (640, 640), "cityscapes": (769, 769)}
 
 
@@ -74,7 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--poly-power", type=float, default=None)
-    p.add_argument("--jitter", type=float, default=None)
+    p.add_argument("--jitter", type=float, default=None,
+                   help="brightness/contrast/saturation range (per clip, varied per frame)")
+    p.add_argument("--gamma", type=float, default=None, help="log-range of a gamma curve")
+    p.add_argument("--colour", type=float, default=None, help="per-channel gain range")
+    p.add_argument("--blur", type=float, default=None, help="probability of a Gaussian blur")
+    p.add_argument("--noise", type=float, default=None, help="largest sensor-noise std")
+    p.add_argument("--loss", choices=["ce", "ohem"], default=None,
+                   help="ohem: only pixels whose true-class probability is below "
+                        "--ohem-thresh count (at least --ohem-min-kept of them)")
+    p.add_argument("--ohem-thresh", type=float, default=None)
+    p.add_argument("--ohem-min-kept", type=float, default=None)
+    p.add_argument("--train-split", default="train",
+                   help="split(s) to train on; join with + (camvid: train+val = every "
+                        "labelled frame)")
+    p.add_argument("--seqs", nargs="+", default=None, metavar="SEQ",
+                   help="train on these sequences (drives) only (camvid: e.g. 0001TP 0016E5)")
+    p.add_argument("--holdout-seq", nargs="+", default=[], metavar="SEQ",
+                   help="leave these sequences out of training and validate on them: "
+                        "a drive the model has never seen (camvid: e.g. 0006R0)")
+    p.add_argument("--init", default=None,
+                   help="start from the weights of this checkpoint (same model options); "
+                        "its record is kept in the run's")
     p.add_argument("--class-weights", choices=["none", "median", "sqrt-median"], default=None)
     p.add_argument("--history-grad", type=int, choices=[0, 1], default=None,
                    help="1: backprop through the t-2/t-1 backbone passes too")
@@ -104,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    preset = PRESETS[args.preset]
+    preset = {**COMMON, **PRESETS[args.preset]}
     for k, v in preset.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
@@ -123,7 +151,9 @@ MODEL_KEYS = ("dataset", "backbone", "dim", "heads", "variant")
 #: Options that define the schedule and the data order: a resumed run matches them unless
 #: ``--allow-changed-recipe``.
 RECIPE_KEYS = ("batch_size", "iters", "lr", "head_lr_mult", "weight_decay", "warmup",
-               "poly_power", "crop", "scale", "jitter", "class_weights", "history_grad", "seed")
+               "poly_power", "crop", "scale", "jitter", "class_weights", "history_grad", "seed",
+               "gamma", "colour", "blur", "noise", "loss", "ohem_thresh", "ohem_min_kept",
+               "train_split", "seqs", "holdout_seq")
 
 
 def args_record(args: argparse.Namespace) -> Dict[str, Any]:
@@ -248,18 +278,47 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
 
     cfg_kw = dict(backbone=args.backbone, dim=args.dim, heads=args.heads, variant=args.variant)
     cfg = cityscapes_config(**cfg_kw) if args.dataset == "cityscapes" else MSAFConfig(**cfg_kw)
-    aug = ClipAugment(crop=args.crop, scale=args.scale, flip=True, jitter=args.jitter)
-    ds = build_dataset(args.dataset, args.data_root, "train", aug, seed=args.seed)
+    aug = ClipAugment(crop=args.crop, scale=args.scale, flip=True, jitter=args.jitter,
+                      gamma=args.gamma, colour=args.colour, blur=args.blur, noise=args.noise)
+    sel = {}
+    if args.seqs or args.holdout_seq:
+        if args.dataset != "camvid":
+            raise SystemExit("[msaf-train] --seqs/--holdout-seq select CamVid drives")
+        sel = dict(sequences=args.seqs, exclude=tuple(args.holdout_seq))
+    try:
+        ds = build_dataset(args.dataset, args.data_root, args.train_split, aug, seed=args.seed,
+                           **sel)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"[msaf-train] {e}")
     if ds.num_classes != cfg.num_classes:
         raise SystemExit(f"dataset has {ds.num_classes} classes, config {cfg.num_classes}")
-    val_ds = None
+    # validation sets, the first one choosing best.pt: the held-out drive where there is one
+    val_sets: List[Any] = []
     if is_main and args.eval_every > 0:
+        if args.holdout_seq:
+            val_sets.append(("holdout:" + "+".join(args.holdout_seq), build_dataset(
+                args.dataset, args.data_root, args.train_split, sequences=args.holdout_seq)))
         try:
-            val_ds = build_dataset(args.dataset, args.data_root, args.eval_split)
+            val_sets.append((args.eval_split, build_dataset(args.dataset, args.data_root,
+                                                            args.eval_split)))
         except FileNotFoundError as e:
-            print(f"[msaf-train] no validation: {e}", file=sys.stderr)
+            print(f"[msaf-train] no validation on {args.eval_split}: {e}", file=sys.stderr)
 
     model = MSAF(cfg)
+    init_record = None
+    if args.init and not args.resume:
+        ck0 = read_checkpoint(args.init)
+        c0 = ck0.get("config") or {}
+        if any(c0.get(k) != getattr(cfg, k) for k in ("backbone", "dim", "heads", "variant",
+                                                        "num_classes")):
+            raise SystemExit(f"[msaf-train] --init {args.init} is another model "
+                             f"({ {k: c0.get(k) for k in ('backbone', 'dim', 'heads', 'variant')} })")
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in ck0["state_dict"].items()})
+        init_record = {"path": str(args.init), "metrics": ck0.get("metrics"),
+                       "extra": ck0.get("extra")}
+        if is_main:
+            print(f"[msaf-train] initialised from {args.init}")
     if args.backbone_weights:
         unused = model.backbone.load_imagenet(args.backbone_weights)
         if is_main:
@@ -275,6 +334,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                             lr=args.lr, betas=(0.9, 0.999), weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16" and device.type == "cuda"))
 
+    ohem = (args.ohem_thresh, args.ohem_min_kept) if args.loss == "ohem" else None
     cw = None
     if args.class_weights != "none":
         w = median_frequency_weights(ds.class_frequencies())
@@ -296,6 +356,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
         if "scaler" in ts and scaler.is_enabled():
             scaler.load_state_dict(ts["scaler"])
         step, epoch, pos, best = ts["step"], ts["epoch"], ts["pos"], ts.get("best", -1.0)
+        init_record = ts.get("init")
         rng = ts.get("rng", {}).get(str(rank))
         if rng is not None:
             _set_rng_state(rng)
@@ -329,6 +390,8 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             return
         ts = {"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "pos": pos,
               "best": best, "rng": rngs, "world": world, "args": args_record(args)}
+        if init_record is not None:
+            ts["init"] = init_record
         if scaler.is_enabled():
             ts["scaler"] = scaler.state_dict()
         save_checkpoint(out / "last.pt", model, train_resolution=args.crop,
@@ -360,7 +423,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                                 enabled=amp_dtype is not None):
                 outputs = ddp_model(frames, history_grad=args.history_grad)
-            losses = msaf_loss(outputs, label, cfg.ignore_index, cw)
+            losses = msaf_loss(outputs, label, cfg.ignore_index, cw, ohem)
             opt.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             scaler.step(opt)
@@ -386,7 +449,7 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                     if bar is not None:
                         bar.set_postfix(loss=f"{last_losses['loss']:.3f}", lr=f"{args.lr * f:.2e}",
                                         it_s=f"{ips:.2f}")
-            do_eval = val_ds is not None and (step % args.eval_every == 0 or step == args.iters)
+            do_eval = bool(val_sets) and (step % args.eval_every == 0 or step == args.iters)
             new_best = False
             if do_eval:
                 from .evaluate import evaluate_stream
@@ -395,20 +458,25 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
                 eval_model.load_state_dict(model.state_dict())
                 seg = Segmenter(eval_model, "cpu" if device.type == "cpu" else device,
                                 max_gap_s=None)
-                res = evaluate_stream(seg, val_ds, tc=False)
-                miou = float(res["miou"])
-                rec = {"step": step, "eval": args.eval_split, "miou": miou, "fps": res["fps"],
-                       "iou": res["iou"], "time": time.time()}
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                msg = f"[msaf-train] step {step}: {args.eval_split} mIoU {100 * miou:.2f}"
+                metrics: Dict[str, Any] = {"step": step}
+                msgs = []
+                for name, vds in val_sets:
+                    res = evaluate_stream(seg, vds, tc=False)
+                    rec = {"step": step, "eval": name, "miou": float(res["miou"]),
+                           "fps": res["fps"], "iou": res["iou"], "time": time.time()}
+                    log_f.write(json.dumps(rec) + "\n")
+                    log_f.flush()
+                    metrics[f"{args.dataset}_{name}_miou"] = rec["miou"]
+                    metrics[f"{args.dataset}_{name}_iou"] = res["iou"]
+                    msgs.append(f"{name} mIoU {100 * rec['miou']:.2f}")
+                miou = metrics[f"{args.dataset}_{val_sets[0][0]}_miou"]
+                msg = f"[msaf-train] step {step}: " + ", ".join(msgs)
                 if miou > best:
                     best, new_best = miou, True
                     save_checkpoint(out / "best.pt", model, train_resolution=args.crop,
-                                    metrics={f"{args.dataset}_{args.eval_split}_miou": miou,
-                                             f"{args.dataset}_{args.eval_split}_iou": res["iou"],
-                                             "step": step})
-                    msg += " (best)"
+                                    metrics=metrics,
+                                    extra={"init": init_record} if init_record else None)
+                    msg += f" (best on {val_sets[0][0]})"
                 (bar.write if bar is not None else print)(msg)
                 result = {"val_miou": miou}
             if distributed:  # all ranks agree on stopping before save_last's collective
