@@ -21,8 +21,8 @@ that owns its memory. Conventions:
 - ``step`` (row stride, bytes) may exceed ``width × bytes_per_pixel`` (row padding); the
   data must be exactly ``height × step`` bytes long.
 
-Every problem with a message raises :class:`ImageDecodeError` (a ``ValueError``) whose
-message says why; no other exception type escapes the decoders.
+Every problem with a message raises :class:`~msaf_ros.errors.ImageDecodeError` (a
+``ValueError``) whose message says why; no other exception type escapes the decoders.
 """
 
 from __future__ import annotations
@@ -33,26 +33,14 @@ from typing import Any, Dict
 
 import numpy as np
 
+from .errors import ImageDecodeError
+
 __all__ = [
     "ImageDecodeError", "Encoding", "ENCODINGS", "SUPPORTED_ENCODINGS", "ENCODABLE",
     "encoding_info", "check_image", "image_to_rgb", "compressed_to_rgb", "image_fields",
     "rgb_to_image",
     "labels_to_image", "build_image",
 ]
-
-
-class ImageDecodeError(ValueError):
-    """A message cannot be decoded into an RGB image; the message says why.
-
-    ``reason`` is a short tag for counting: 'encoding' (unknown), 'empty' (0 pixels),
-    'step' (step below width × bytes per pixel), 'length' (data not height × step bytes),
-    'fields' (missing or mistyped fields, odd yuv422 width), 'data' (unreadable data) or
-    'compressed' (undecodable compressed image).
-    """
-
-    def __init__(self, message: str, reason: str = "fields") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

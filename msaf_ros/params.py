@@ -1,7 +1,9 @@
-"""The parameters of ``segment_node``: one table, checks, and error messages.
+"""The parameters of ``segment_node``: one table, checks, error messages, declaration.
 
-Imports neither rclpy nor torch, so launch files, tests and docs can read the table
-(``PARAMETERS``) and the defaults (which ``config/msaf.yaml`` repeats) cheaply.
+Importing it imports neither rclpy nor torch, so launch files, tests and docs can read the
+table (``PARAMETERS``) and the defaults (which ``config/msaf.yaml`` repeats) cheaply.
+:func:`declare` declares the table on an rclpy node (descriptors with description, range and
+read-only) and turns rclpy's type and range errors into :class:`ConfigError`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from .errors import MsafRosError, first_line
+
 NODE_NAME = "segment_node"
+#: The smallest frame side the network accepts (msaf_core's segmenter limit, MIN_SIZE; kept
+#: here so that the subscription callback and the parameter checks need no torch import).
+MIN_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ DEFAULTS: Dict[str, Any] = {p.name: p.default for p in PARAMETERS if not p.outpu
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps|xpu|xpu:\d+)$")
 
 
-class ConfigError(Exception):
+class ConfigError(MsafRosError):
     """A bad parameter or model setting; the message is one line naming the parameter."""
 
     def __init__(self, param: str, problem: str, hint: str = "") -> None:
@@ -147,8 +154,9 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
                           f"inference_width, or both to 0",
                           hint="e.g. inference_height:=360 inference_width:=480")
     for name, s in (("inference_height", h), ("inference_width", w)):
-        if 0 < s < 8:
-            raise ConfigError(name, f"{s} is too small (the network needs >= 8 pixels)")
+        if 0 < s < MIN_SIDE:
+            raise ConfigError(name, f"{s} is too small (the network needs >= {MIN_SIDE} "
+                                    f"pixels)")
     v["checkpoint"] = str(v.get("checkpoint", "")).strip()
     return v
 
@@ -164,3 +172,70 @@ def yaml_text() -> str:
             (f"'{d}'" if isinstance(d, str) else repr(d))
         lines.append(f"    {p.name}: {val}")
     return "\n".join(lines) + "\n"
+
+
+# -- declaration on an rclpy node ---------------------------------------------------------------
+_TYPE_NAMES = {"string": "a string", "bool": "a bool (true/false)", "int": "an integer",
+               "double": "a double (write e.g. 1.0, not 1)", "string_array": "a string list",
+               "int_array": "an integer list"}
+
+
+def descriptor(p: Param) -> Any:
+    """The rcl_interfaces ParameterDescriptor of ``p`` (type, description, range, read-only)."""
+    from rcl_interfaces.msg import (FloatingPointRange, IntegerRange,  # noqa: PLC0415
+                                    ParameterDescriptor, ParameterType)
+    types = {"string": ParameterType.PARAMETER_STRING, "bool": ParameterType.PARAMETER_BOOL,
+             "int": ParameterType.PARAMETER_INTEGER, "double": ParameterType.PARAMETER_DOUBLE,
+             "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+             "int_array": ParameterType.PARAMETER_INTEGER_ARRAY}
+    d = ParameterDescriptor(name=p.name, type=types[p.type], description=p.description,
+                            read_only=p.read_only)
+    if p.choices:
+        d.additional_constraints = "one of: " + ", ".join(p.choices)
+    if p.range is not None and p.type == "int":
+        d.integer_range = [IntegerRange(from_value=int(p.range[0]), to_value=int(p.range[1]),
+                                        step=1)]
+    elif p.range is not None and p.type == "double":
+        d.floating_point_range = [FloatingPointRange(from_value=float(p.range[0]),
+                                                     to_value=float(p.range[1]), step=0.0)]
+    return d
+
+
+def _overrides(node: Any) -> Dict[str, Any]:
+    return getattr(node, "_parameter_overrides", {}) or {}
+
+
+def declare(node: Any) -> Dict[str, Any]:
+    """Declare every user parameter on ``node`` once and return the values, checked by
+    :func:`validate`. rclpy's type and range errors become :class:`ConfigError`."""
+    from rclpy.exceptions import (InvalidParameterTypeException,  # noqa: PLC0415
+                                  InvalidParameterValueException, ParameterException)
+    values: Dict[str, Any] = {}
+    for p in PARAMETERS:
+        if p.output:
+            continue
+        given = getattr(_overrides(node).get(p.name), "value", None)
+        try:
+            node.declare_parameter(p.name, p.default, descriptor(p))
+        except InvalidParameterTypeException:
+            raise ConfigError(p.name, f"{given!r} is not {_TYPE_NAMES[p.type]}") from None
+        except InvalidParameterValueException:
+            lo, hi = p.range if p.range else (None, None)
+            raise ConfigError(p.name, f"{given!r} is out of range [{lo}, {hi}]") from None
+        except ParameterException as e:
+            raise ConfigError(p.name, first_line(e, with_type=False)) from None
+        values[p.name] = node.get_parameter(p.name).value
+    return validate(values)
+
+
+def declare_outputs(node: Any, class_names: Sequence[str], palette: Sequence[Sequence[int]]
+                    ) -> None:
+    """Declare the read-only parameters the node sets from its model."""
+    flat = [int(v) for c in palette for v in c]
+    for name, value in (("class_names", list(class_names)), ("class_palette", flat)):
+        node.declare_parameter(name, value, descriptor(BY_NAME[name]), ignore_override=True)
+
+
+def unknown_overrides(node: Any) -> Tuple[str, ...]:
+    """Parameters given to ``node`` that it does not declare (rclpy ignores them: a typo)."""
+    return tuple(sorted(k for k in _overrides(node) if not node.has_parameter(k)))

@@ -1,4 +1,8 @@
-"""ROS-free parts of the node: the newest-frame slot, statistics and warning throttling."""
+"""ROS-free parts of the node: the newest-frame slot, statistics and warning throttling.
+
+Also the reasons the node counts: why a frame was dropped as bad (``BAD_TEXT``) and why a
+stream's feature cache was reset (``RESET_TEXT``), each with the words its log lines use.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,22 @@ import collections
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
+
+#: Why a frame was dropped as bad (ImageDecodeError.reason) -> words for the log.
+BAD_TEXT = {
+    "encoding": "unknown encoding", "empty": "empty image", "step": "step too small",
+    "length": "data length is not height*step", "fields": "malformed message",
+    "data": "unreadable data", "compressed": "undecodable compressed image",
+    "too-small": "too small for the model", "too-large": "above max_pixels",
+}
+
+#: Why a stream's feature cache was reset (Segmenter.on_reset) -> words for the log.
+RESET_TEXT = {
+    "time-backwards": "the stamp went backwards (a bag looped or time jumped back)",
+    "duplicate-stamp": "the stamp repeated",
+    "gap": "the gap since the previous frame exceeds max_gap",
+    "resolution": "the resolution changed",
+}
 
 
 class LatestSlot:

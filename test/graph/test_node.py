@@ -6,9 +6,7 @@ same frames (both on one CPU thread, so the floating point is the same).
 from __future__ import annotations
 
 import json
-import os
 import signal
-import time
 import types
 
 import numpy as np
@@ -21,6 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+from conftest import ROOT  # noqa: E402
 from msaf_ros.testing import (NodeProcess, Probe, image_msg,  # noqa: E402
                               msg_array, stamp_ns, wait_diagnostics)
 
@@ -497,111 +496,8 @@ def test_console_script_entry_point():
     """setup.py declares segment_node = msaf_ros.segment_node:main."""
     from msaf_ros import segment_node
     assert callable(segment_node.main)
-    src = open(os.path.join(os.path.dirname(__file__), "..", "setup.py")).read()
+    src = (ROOT / "setup.py").read_text()
     assert "segment_node = msaf_ros.segment_node:main" in src
-
-
-# -- ROS-free parts ----------------------------------------------------------------------------
-def test_latest_slot_keeps_only_the_newest():
-    from msaf_ros.runtime import LatestSlot
-    slot = LatestSlot()
-    assert slot.put(1) == (False, None)
-    assert slot.put(2) == (True, 1)           # 1 was stale: replaced, reported
-    assert slot.get(0.1) == (True, 2)
-    assert slot.get(0.05) == (False, None)    # nothing queued behind
-    slot.close()
-    assert slot.get() == (False, None)
-
-
-def test_latest_slot_serves_streams_in_turn():
-    """Cameras that fire together each get the model in turn: the stream waiting longest is
-    served first, and a replaced frame keeps its stream's place."""
-    from msaf_ros.runtime import LatestSlot
-    slot = LatestSlot(max_keys=3)
-    assert slot.put("L1", key="left") == (False, None)
-    assert slot.put("R1", key="right") == (False, None)
-    assert slot.put("L2", key="left") == (True, "L1")     # newest of left, still first
-    assert slot.get(0) == (True, "L2")
-    assert slot.put("L3", key="left") == (False, None)
-    assert slot.get(0) == (True, "R1")                    # right waited longer than L3
-    assert slot.get(0) == (True, "L3")
-    for k in "abc":
-        slot.put(k.upper(), key=k)
-    assert slot.put("D", key="d") == (True, "A")          # bounded: the oldest is evicted
-    assert len(slot) == 3 and [slot.get(0)[1] for _ in range(3)] == ["B", "C", "D"]
-
-
-def test_latest_slot_two_synchronised_cameras_share_a_slow_worker():
-    """A stereo pair at 10 Hz, 3 ms apart, and a worker that needs 120 ms per frame: both
-    cameras get about half of the outputs (one shared slot gave the later camera nearly all)."""
-    import collections
-    import threading
-    from msaf_ros.runtime import LatestSlot
-    slot, done, stop = LatestSlot(), collections.Counter(), threading.Event()
-
-    def worker():
-        while not stop.is_set():
-            ok, item = slot.get(timeout=0.2)
-            if ok:
-                time.sleep(0.12)
-                done[item] += 1
-    t = threading.Thread(target=worker)
-    t.start()
-    for _ in range(25):
-        slot.put("left", key="left")
-        time.sleep(0.003)
-        slot.put("right", key="right")
-        time.sleep(0.097)
-    stop.set()
-    t.join()
-    assert min(done["left"], done["right"]) >= 0.3 * sum(done.values()), dict(done)
-
-
-def test_bad_compressed_frame_never_evicts_a_waiting_good_one():
-    """The callback checks compressed frames (without decoding) before they reach the slot,
-    so a corrupt frame arriving while the model is busy leaves the good one waiting."""
-    import types
-    from msaf_ros.runtime import LatestSlot, Stats, Throttle
-    from msaf_ros.segment_node import SegmentNode
-    node = object.__new__(SegmentNode)            # the callback's state, no ROS needed
-    node._compressed, node.stats, node.slot = True, Stats(), LatestSlot()
-    node._throttle = Throttle(5.0)
-    node.log = types.SimpleNamespace(warning=lambda *a, **k: None)
-    node.input_topic = "/cam/image/compressed"
-    node.seg = types.SimpleNamespace(observe=lambda *a: None)
-
-    def msg(sec, data):
-        hdr = types.SimpleNamespace(frame_id="cam", stamp=types.SimpleNamespace(sec=sec, nanosec=0))
-        return types.SimpleNamespace(header=hdr, format="jpeg", data=data)
-    good = msg(1, b"\xff\xd8\xff\xe0 a complete jpeg \xff\xd9")
-    node._on_image(good)
-    node._on_image(msg(2, b"\xff\xd8\xff\xe0 truncated"))
-    node._on_image(msg(3, b"not an image at all"))
-    ok, item = node.slot.get(0)
-    assert ok and item[0] is good
-    assert node.stats.dropped_stale == 0
-
-
-def test_throttle_per_key():
-    from msaf_ros.runtime import Throttle
-    now = [0.0]
-    th = Throttle(5.0, clock=lambda: now[0])
-    assert th("a") == 0 and th("a") is None and th("b") == 0
-    now[0] = 6.0
-    assert th("a") == 1                        # one suppressed since the last one
-
-
-def test_validate_messages_name_the_parameter():
-    from msaf_ros.params import DEFAULTS, ConfigError, validate
-    assert validate(DEFAULTS)["device"] == "auto"
-    for bad, name in ((dict(device="tpu"), "device"), (dict(input_transport="x"),
-                      "input_transport"), (dict(qos_reliability="x"), "qos_reliability"),
-                      (dict(overlay_alpha=3.0), "overlay_alpha"),
-                      (dict(inference_height=0, inference_width=64), "inference_height")):
-        with pytest.raises(ConfigError) as e:
-            validate({**DEFAULTS, **bad})
-        assert f"parameter '{name}'" in str(e.value) and "\n" not in str(e.value)
-    assert validate({**DEFAULTS, "device": "CUDA:1"})["device"] == "cuda:1"
 
 
 def test_unknown_parameter_is_warned(tiny_checkpoint):

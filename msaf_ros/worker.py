@@ -1,0 +1,176 @@
+"""The inference worker of segment_node: newest-frame slots, a thread, decode → segment →
+publish.
+
+The way of a frame::
+
+    subscription callback ── submit(msg) ── cheap checks ── LatestSlot (one per camera)
+                                                                  │
+    worker thread ── decode ── Segmenter.segment ── publish(header, rgb, labels) ── stats
+
+:meth:`InferenceWorker.submit` runs in the executor's thread and stays cheap: it checks the
+message's layout (raw) or its payload's framing (compressed) without decoding, so a bad
+frame is dropped (counted, warned about, throttled) before it can replace a good frame
+waiting for the model. The worker thread decodes, segments and hands the result to the
+``publish`` callback; an exception there is counted and logged and the worker goes on.
+Imports no rclpy: the node passes its logger, its clock and its publish function.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from . import image_codec as ic
+from .errors import ImageDecodeError, first_line
+from .msgs import stamp_ns
+from .params import MIN_SIDE
+from .runtime import BAD_TEXT, RESET_TEXT, LatestSlot, Stats, Throttle
+
+#: publish(header, rgb, labels): send the results of one frame (called on the worker thread).
+Publish = Callable[[Any, np.ndarray, np.ndarray], None]
+
+
+class InferenceWorker:
+    """Runs ``segmenter`` on the newest frame of each camera, on a thread of its own.
+
+    ``log`` has ``info``/``warning``/``error`` (an rclpy logger); ``now_ns`` is the clock
+    latency is measured against (the node's, so ``use_sim_time`` applies). Each frame_id is
+    a stream of the segmenter; ``max_streams`` bounds the slots and the names remembered.
+    """
+
+    def __init__(self, segmenter: Any, publish: Publish, *, stats: Stats, log: Any,
+                 compressed: bool = False, max_pixels: int = 0, max_streams: int = 16,
+                 warn_period: float = 5.0, now_ns: Callable[[], int] = time.time_ns,
+                 input_topic: str = "") -> None:
+        self.seg = segmenter
+        self.publish = publish
+        self.stats = stats
+        self.log = log
+        self.compressed = compressed
+        self.max_pixels = int(max_pixels)
+        self.max_streams = int(max_streams)
+        self.now_ns = now_ns
+        self.input_topic = input_topic          # for log lines; set once subscribed
+        self.slot = LatestSlot(max_keys=max_streams)   # one newest-frame slot per camera
+        self._throttle = Throttle(warn_period)
+        self._known: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        segmenter.on_reset = self._on_reset
+
+    # -- the subscription callback (executor thread; keep it cheap) -------------------------
+    def submit(self, msg: Any) -> None:
+        """Check ``msg`` without decoding it and put it in its camera's slot."""
+        self.stats.on_received()
+        try:
+            if self.compressed:
+                ic.check_compressed(msg)        # empty or truncated payloads: no decoding
+            else:
+                _, h, w = ic.check_image(msg)   # layout only, no pixel copied
+                self.check_size(h, w)
+        except ImageDecodeError as e:
+            self._bad(e, msg)                   # a bad frame never evicts a waiting good one
+            return
+        replaced, old = self.slot.put((msg, time.monotonic()), key=msg.header.frame_id)
+        if replaced:
+            self.stats.on_dropped_stale()
+            # the skipped frame still shows the stream is alive: the gap rule measures
+            # between frames that arrived, not between frames the (slower) model segmented
+            old_header = old[0].header
+            old_stamp = stamp_ns(old_header.stamp)
+            if old_stamp:
+                self.seg.observe(old_header.frame_id, old_stamp)
+
+    def check_size(self, h: int, w: int) -> None:
+        """ImageDecodeError ('too-small', 'too-large') for frames the node does not take."""
+        if min(h, w) < MIN_SIDE:
+            raise ImageDecodeError(f"image is {w}x{h}, the model needs both sides >= "
+                                   f"{MIN_SIDE} pixels", "too-small")
+        if self.max_pixels and h * w > self.max_pixels:
+            raise ImageDecodeError(f"image is {w}x{h} = {h * w} pixels, above max_pixels "
+                                   f"= {self.max_pixels} (raise max_pixels, 0 = no limit)",
+                                   "too-large")
+
+    # -- the worker thread --------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="msaf-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread; True when it ended within ``timeout`` seconds."""
+        self._stop.set()
+        self.slot.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ok, item = self.slot.get(timeout=0.5)
+            if not ok:
+                continue
+            msg, _ = item
+            try:
+                self.process(msg)
+            except Exception as e:  # noqa: BLE001 - the node must stay up
+                if self._stop.is_set():   # shutting down: publishers may be gone already
+                    return
+                self.stats.on_error(first_line(e))
+                if self._throttle("error") is not None:
+                    self.log.error(f"inference failed on a frame from "
+                                   f"'{msg.header.frame_id}': {first_line(e)}")
+
+    def process(self, msg: Any) -> None:
+        """Decode, segment and publish one frame (the worker thread's work)."""
+        t0 = time.perf_counter()
+        try:
+            if self.compressed:
+                rgb = ic.compressed_to_rgb(msg)
+                self.check_size(*rgb.shape[:2])
+            else:
+                rgb = ic.image_to_rgb(msg)
+        except ImageDecodeError as e:
+            self._bad(e, msg)
+            return
+        if self._stop.is_set():
+            return
+        header = msg.header
+        stream, stamp = header.frame_id, stamp_ns(header.stamp)
+        self._note_stream(stream, rgb)
+        # A zero stamp means "unset": no time-based cache resets for such publishers.
+        labels = self.seg.segment(rgb, stream=stream, stamp_ns=stamp or None)
+        if self._stop.is_set():
+            return
+        self.publish(header, rgb, labels)
+        latency = (self.now_ns() - stamp) / 1e9 if stamp else None
+        self.stats.on_processed(stream, time.perf_counter() - t0, latency)
+
+    # -- logging --------------------------------------------------------------------------------
+    def _note_stream(self, stream: str, rgb: np.ndarray) -> None:
+        """Log a camera's first frame (the remembered names are bounded)."""
+        if stream in self._known:
+            self._known.move_to_end(stream)
+            return
+        self._known[stream] = None
+        if len(self._known) > 4 * self.max_streams:
+            self._known.popitem(last=False)
+        self.log.info(f"new stream '{stream}' ({rgb.shape[1]}x{rgb.shape[0]})")
+
+    def _bad(self, e: ImageDecodeError, msg: Any) -> None:
+        self.stats.on_bad(e.reason, str(e))
+        fid = getattr(getattr(msg, "header", None), "frame_id", "?")
+        n = self._throttle(f"bad:{e.reason}:{fid}")   # per kind and camera
+        if n is not None:
+            more = f" ({n} more of this kind since the last warning)" if n else ""
+            self.log.warning(f"dropped a bad frame from '{fid}' on {self.input_topic} "
+                             f"({BAD_TEXT.get(e.reason, e.reason)}): {e}{more}")
+
+    def _on_reset(self, stream: str, reason: str) -> None:
+        self.stats.on_reset(reason)
+        self.log.info(f"stream '{stream}': feature cache reset, "
+                      f"{RESET_TEXT.get(reason, reason)}")

@@ -1,0 +1,148 @@
+"""The node's inference worker and its diagnostics, without ROS: a fake segmenter, a
+recording publish callback, messages as plain namespaces."""
+from __future__ import annotations
+
+import time
+import types
+
+import numpy as np
+
+from msaf_ros import diagnostics
+from msaf_ros.image_codec import rgb_to_image
+from msaf_ros.runtime import Stats
+from msaf_ros.worker import InferenceWorker
+
+
+class Log:
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda text: self.lines.append((level, text))
+
+
+class FakeSeg:
+    def __init__(self, fail=False):
+        self.calls, self.observed, self.fail, self.on_reset = [], [], fail, None
+
+    def segment(self, rgb, stream="default", stamp_ns=None):
+        if self.fail:
+            raise RuntimeError("out of memory\nsecond line")
+        self.calls.append((stream, stamp_ns))
+        return np.zeros(rgb.shape[:2], np.uint8)
+
+    def observe(self, stream, stamp_ns):
+        self.observed.append((stream, stamp_ns))
+
+
+def header(frame_id="cam", sec=1):
+    return types.SimpleNamespace(frame_id=frame_id, stamp=types.SimpleNamespace(sec=sec,
+                                                                                nanosec=0))
+
+
+def raw(h, w, frame_id="cam", sec=1):
+    return rgb_to_image(np.full((h, w, 3), 50, np.uint8), "rgb8", header(frame_id, sec),
+                        msg_type=types.SimpleNamespace)
+
+
+def make_worker(seg=None, **kw):
+    published = []
+    w = InferenceWorker(seg or FakeSeg(), lambda *a: published.append(a), stats=Stats(),
+                        log=Log(), now_ns=lambda: 3 * 10**9, **kw)
+    return w, published
+
+
+def test_bad_compressed_frame_never_evicts_a_waiting_good_one():
+    """The callback checks compressed frames (without decoding) before they reach the slot,
+    so a corrupt frame arriving while the model is busy leaves the good one waiting."""
+    observed = []
+    seg = types.SimpleNamespace(observe=lambda *a: observed.append(a))
+    worker = InferenceWorker(seg, lambda *a: None, stats=Stats(), compressed=True,
+                             log=types.SimpleNamespace(warning=lambda *a, **k: None),
+                             warn_period=5.0, input_topic="/cam/image/compressed")
+
+    def msg(sec, data):
+        return types.SimpleNamespace(header=header(sec=sec), format="jpeg", data=data)
+    good = msg(1, b"\xff\xd8\xff\xe0 a complete jpeg \xff\xd9")
+    worker.submit(good)
+    worker.submit(msg(2, b"\xff\xd8\xff\xe0 truncated"))
+    worker.submit(msg(3, b"not an image at all"))
+    ok, item = worker.slot.get(0)
+    assert ok and item[0] is good
+    assert worker.stats.dropped_stale == 0 and worker.stats.bad["compressed"] == 2
+    assert observed == []
+
+
+def test_a_newer_frame_replaces_the_waiting_one_and_counts_as_an_arrival():
+    worker, _ = make_worker()
+    worker.submit(raw(16, 16, sec=1))
+    worker.submit(raw(16, 16, sec=2))
+    assert worker.stats.dropped_stale == 1
+    assert worker.seg.observed == [("cam", 10**9)]      # the gap rule sees the stale frame
+    assert len(worker.slot) == 1
+
+
+def test_process_publishes_with_the_input_header_and_counts():
+    worker, published = make_worker()
+    worker.stats.snapshot()                  # opens the period the figures below cover
+    msg = raw(12, 20, frame_id="front", sec=2)
+    worker.process(msg)
+    (hdr, rgb, labels), = published
+    assert hdr is msg.header and rgb.shape == (12, 20, 3) and labels.shape == (12, 20)
+    assert worker.seg.calls == [("front", 2 * 10**9)]
+    s = worker.stats.snapshot()
+    assert s["processed"] == 1 and s["latency_ms_mean"] == 1000.0
+    assert ("info", "new stream 'front' (20x12)") in worker.log.lines
+
+
+def test_too_small_and_too_large_frames_are_dropped_in_the_callback():
+    worker, _ = make_worker(max_pixels=400)
+    worker.submit(raw(4, 40))
+    worker.submit(raw(30, 30))
+    assert len(worker.slot) == 0
+    assert dict(worker.stats.bad) == {"too-small": 1, "too-large": 1}
+    warnings = [t for level, t in worker.log.lines if level == "warning"]
+    assert len(warnings) == 2 and "max_pixels" in warnings[1]
+
+
+def test_an_inference_error_is_counted_logged_once_and_the_worker_goes_on():
+    worker, published = make_worker(seg=FakeSeg(fail=True))
+    worker.start()
+    try:
+        for sec in (1, 2):
+            worker.submit(raw(16, 16, sec=sec))
+            deadline = time.monotonic() + 10
+            while worker.stats.errors < sec and time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        assert worker.stop(2.0)
+    assert worker.stats.errors == 2 and published == []
+    assert worker.stats.last_error == "RuntimeError: out of memory"
+    errors = [t for level, t in worker.log.lines if level == "error"]
+    assert errors == ["inference failed on a frame from 'cam': RuntimeError: out of memory"]
+
+
+def test_diagnostics_status_levels_and_values():
+    stats = Stats()
+    s = diagnostics.status(stats.snapshot(), "/cam/image", "cpu")
+    assert (s.level, s.message) == ("OK", "waiting for images on /cam/image")
+    stats.on_received()
+    stats.on_bad("length", "data is 3 bytes")
+    s = diagnostics.status(stats.snapshot(), "/cam/image", "cpu")
+    assert s.level == "WARN" and "length: data is 3 bytes" in s.message
+    assert s.values["bad_length"] == "1" and s.values["frames_bad"] == "1"
+    assert s.values["device"] == "cpu" and "resets_gap" in s.values
+    stats.on_error("RuntimeError: x")
+    assert diagnostics.status(stats.snapshot(), "/cam/image", "cpu").level == "ERROR"
+    line = diagnostics.summary_line(stats.snapshot("log"))
+    assert "totals: 0/1 frames" in line and "bad length 1" in line
+
+
+def test_diagnostics_values_read_back():
+    kv = types.SimpleNamespace
+    arr = kv(status=[kv(name="other", values=[], level=0, message=""),
+                     kv(name="ns/segment_node: MSAF segmentation", level=1, message="m",
+                        values=[kv(key="frames_received", value="3")])])
+    d = diagnostics.values_of(arr)
+    assert d == {"frames_received": "3", "_level": 1, "_message": "m"}
+    assert diagnostics.values_of(kv(status=[])) is None
