@@ -54,7 +54,7 @@ setup(
             "msaf-eval = msaf_core.evaluate:main",
             "msaf-export = msaf_core.export:main",
             "msaf-bench = msaf_core.bench:main",
-            "msaf-bag = msaf_ros.bag_tool:main",
+            "msaf-bag = msaf_ros.bag.cli:main",
             "msaf-demo = msaf_ros.demo:main",
             "msaf-bench-node = msaf_ros.bench_node:main",
             "msaf-soak = msaf_ros.soak:main",

@@ -133,19 +133,10 @@ def _sample_drive_frames() -> List[Any]:
 
     from PIL import Image  # noqa: PLC0415
 
-    from . import bag_tool, sample_drive  # noqa: PLC0415
-    path = sample_drive.sample_drive_path()
-    store = bag_tool._typestore()
-    reader = bag_tool.open_reader(path)
-    try:
-        conns = [c for c in reader.connections if c.topic == sample_drive.CAMERA_TOPIC]
-        out = []
-        for conn, _t, raw in bag_tool._messages(reader, path, conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
-            out.append(Image.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
-        return out
-    finally:
-        reader.close()
+    from .bag.io import read_topics  # noqa: PLC0415
+    from .sample_drive import CAMERA_TOPIC, sample_drive_path  # noqa: PLC0415
+    return [Image.open(io.BytesIO(bytes(msg.data))).convert("RGB")
+            for _, _, msg in read_topics(sample_drive_path(), [CAMERA_TOPIC])]
 
 
 def load_frames(frames_dir: Optional[Path], size: Tuple[int, int]

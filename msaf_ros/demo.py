@@ -27,8 +27,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import bag_tool
-from .sample_drive import CAMERA_TOPIC, LABELS_TOPIC, SampleDriveError, sample_drive_path
+from .bag.io import decode_image, decode_labels, header_key, read_topics
+from .bag.result import Frame
+from .bag.segment import segment_bag
+from .cli import run_cli, set_torch_threads
+from .errors import MsafRosError
+from .model import load_model
+from .sample_drive import CAMERA_TOPIC, LABELS_TOPIC, sample_drive_path
 
 BAG_DIR = "segmented_drive"
 PNG = "msaf_demo.png"
@@ -43,47 +48,35 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _collect(bag: Path, stamps: Sequence[Tuple[int, str]], camera_topic: str,
+def _collect(bag: Path, keys: Sequence[Tuple[int, str]], camera_topic: str,
              overlay_topic: str, gt_topic: Optional[str]
-             ) -> Dict[str, Dict[Tuple[int, str], object]]:
-    """Decoded images of the chosen (stamp, frame_id)s from the output bag, per topic."""
-    from .image_codec import compressed_to_rgb, image_to_rgb  # noqa: PLC0415
-    want = set(stamps)
-    topics = {camera_topic: "input", overlay_topic: "overlay"}
+             ) -> Dict[str, Dict[Tuple[int, str], np.ndarray]]:
+    """Decoded images of the chosen (stamp, frame_id)s from the output bag, per kind."""
+    want = set(keys)
+    kinds = {camera_topic: "input", overlay_topic: "overlay"}
     if gt_topic:
-        topics[gt_topic] = "gt"
-    out: Dict[str, Dict[Tuple[int, str], object]] = {v: {} for v in topics.values()}
-    store = bag_tool._typestore()
-    reader = bag_tool.open_reader(bag)
-    try:
-        conns = [c for c in reader.connections if c.topic in topics]
-        for conn, _, raw in bag_tool._messages(reader, bag, conns):
-            msg = store.deserialize_cdr(raw, conn.msgtype)
-            key = (bag_tool._stamp_ns(msg.header), str(msg.header.frame_id))
-            if key not in want:
-                continue
-            kind = topics[conn.topic]
-            try:
-                if kind == "gt":
-                    out[kind][key] = bag_tool.decode_labels(msg, conn.msgtype)
-                elif conn.msgtype == bag_tool.COMPRESSED:
-                    out[kind][key] = compressed_to_rgb(msg)
-                else:
-                    out[kind][key] = image_to_rgb(msg)
-            except ValueError:
-                pass
-    finally:
-        reader.close()
+        kinds[gt_topic] = "gt"
+    out: Dict[str, Dict[Tuple[int, str], np.ndarray]] = {v: {} for v in kinds.values()}
+    for conn, _, msg in read_topics(bag, kinds):
+        key = header_key(msg)
+        if key not in want:
+            continue
+        kind = kinds[conn.topic]
+        try:
+            decode = decode_labels if kind == "gt" else decode_image
+            out[kind][key] = decode(msg, conn.msgtype)
+        except ValueError:
+            pass
     return out
 
 
-def make_figure(bag: Path, frames: List[bag_tool.Frame], png: Path, *, seg, camera_topic: str,
+def make_figure(bag: Path, frames: List[Frame], png: Path, *, seg, camera_topic: str,
                 overlay_topic: str, gt_topic: Optional[str], rows: int = 4, alpha: float = 0.5,
                 title: str = "") -> Path:
     """A rows × 3 picture (input | prediction overlay | ground-truth overlay) plus a legend."""
     from PIL import Image, ImageDraw  # noqa: PLC0415
     if not frames:
-        raise bag_tool.BagToolError("no frame was segmented; nothing to draw")
+        raise MsafRosError("no frame was segmented; nothing to draw")
     rows = max(1, min(rows, len(frames)))
     picks = [frames[int(round(i))] for i in np.linspace(0, len(frames) - 1, rows)]
     keys = [(f.stamp_ns, f.frame_id) for f in picks]
@@ -181,55 +174,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msaf_core import CheckpointError, Segmenter  # noqa: PLC0415
-    from msaf_core.checkpoint import default_checkpoint  # noqa: PLC0415
-
     out: Path = args.out
     bag_out, png = out / BAG_DIR, out / PNG
-    bag_tool.set_threads(args.threads)
+    set_torch_threads(args.threads)
     if args.rows < 1:
-        raise bag_tool.BagToolError(f"--rows must be >= 1, got {args.rows}")
+        raise MsafRosError(f"--rows must be >= 1, got {args.rows}")
     if not args.force:
         clash = [str(p) for p in (bag_out, png) if p.exists()]
         if clash:
-            raise bag_tool.BagToolError(f"{' and '.join(clash)} already exist"
-                                        f"{'s' if len(clash) == 1 else ''} (an earlier run); "
-                                        f"pass --force to replace, or --out DIR")
+            raise MsafRosError(f"{' and '.join(clash)} already exist"
+                               f"{'s' if len(clash) == 1 else ''} (an earlier run); "
+                               f"pass --force to replace, or --out DIR")
     if out.exists() and not out.is_dir():
-        raise bag_tool.BagToolError(f"{out} exists and is not a folder")
+        raise MsafRosError(f"{out} exists and is not a folder")
     bag_in = args.bag if args.bag is not None else sample_drive_path()
-
-    ckpt = args.checkpoint if args.checkpoint else None
-    try:
-        seg = Segmenter.from_checkpoint(ckpt, device=args.device)
-    except CheckpointError as e:
-        if ckpt is None and not Path(default_checkpoint()).exists():
-            raise bag_tool.BagToolError(
-                f"the default model {default_checkpoint()} is not installed (train it with "
-                f"msaf-train, or get a release that bundles it); pass --checkpoint PATH") \
-                from None
-        raise bag_tool.BagToolError(str(e)) from None
-    except ValueError as e:        # an unusable --device
-        raise bag_tool.BagToolError(str(e)) from None
+    seg = load_model(args.checkpoint or None, args.device)
 
     labels_topic = args.labels_topic or None
     print(f"msaf-demo: segmenting {bag_in} with {seg.checkpoint.get('path')} on {seg.device}"
           + (f" (first {args.max_frames} frames)" if args.max_frames else ""), flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    res = bag_tool.segment_bag(bag_in, bag_out, [args.topic], segmenter=seg,
-                               labels_topic=labels_topic, alpha=args.alpha,
-                               force=args.force, max_frames=args.max_frames,
-                               progress=not args.no_progress and sys.stderr.isatty())
+    res = segment_bag(bag_in, bag_out, [args.topic], segmenter=seg, labels_topic=labels_topic,
+                      alpha=args.alpha, force=args.force, max_frames=args.max_frames,
+                      progress=not args.no_progress and sys.stderr.isatty())
     print(res.report())
-    outs = res.topics[args.topic].outputs
     miou = res.miou
     title = (f"MSAF on {Path(bag_in).name}: {res.n_frames} frames, "
              + (f"mIoU {100 * miou:.1f}%" if miou is not None else "no ground truth")
              + f", model {Path(str(seg.checkpoint.get('path'))).name}")
     try:
         make_figure(bag_out, res.frames, png, seg=seg, camera_topic=args.topic,
-                    overlay_topic=outs["overlay"], gt_topic=labels_topic, rows=args.rows,
-                    alpha=args.alpha, title=title)
+                    overlay_topic=res.topics[args.topic].outputs["overlay"],
+                    gt_topic=labels_topic, rows=args.rows, alpha=args.alpha, title=title)
     except BaseException:
         # the bag is complete and valid; only the picture is missing
         print(f"msaf-demo: the picture could not be drawn; {bag_out} is complete",
@@ -246,21 +222,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console script ``msaf-demo``. Exit codes: 0 done, 1 an error (one line), 130 Ctrl-C
+    and 143 SIGTERM (no half-written bag is left behind)."""
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (bag_tool.BagToolError, SampleDriveError) as e:
-        print(f"msaf-demo: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("msaf-demo: interrupted (no half-written bag left behind)", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001
-        if args.debug:
-            raise
-        print(f"msaf-demo: error: {bag_tool._first_line(e)} (rerun with --debug for the "
-              f"traceback)", file=sys.stderr)
-        return 1
+    return run_cli("msaf-demo:", lambda: run(args), debug=args.debug,
+                   interrupted="no half-written bag left behind")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .cli import run_cli
+from .errors import SampleDriveError
+
 BAG_NAME = "camvid_0016E5"
 SEQUENCE = "0016E5"
 CAMERA_TOPIC = "/camera/image_raw/compressed"
@@ -63,10 +66,6 @@ CREDIT = ("CamVid: G. J. Brostow, J. Shotton, J. Fauqueur, R. Cipolla, 'Segmenta
           "Recognition Using Structure from Motion Point Clouds', ECCV 2008 (research use)")
 
 _NAME = re.compile(r"^(?P<seq>[0-9A-Za-z]+)_(?P<num>\d+)\.png$")
-
-
-class SampleDriveError(Exception):
-    """The sample drive cannot be found or built; the message says why."""
 
 
 def sample_drive_path() -> Path:
@@ -180,7 +179,7 @@ def build(camvid_root: Path, out_dir: Path, *, max_frames: Optional[int] = None,
     return mcap_dst
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m msaf_ros.sample_drive",
         description="Build the sample drive bag (CamVid val sequence 0016E5, 101 labelled "
@@ -194,15 +193,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--quality", type=int, default=JPEG_QUALITY, help="JPEG quality (90)")
     p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace an existing sample drive")
-    a = p.parse_args(argv)
-    try:
-        path = build(a.camvid, a.out, max_frames=a.max_frames, quality=a.quality, force=a.force)
-    except SampleDriveError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the previous sample drive (if any) is unchanged", file=sys.stderr)
-        return 130
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Build the sample drive. Exit codes: 0 done, 1 an error (one line), 130/143 on a
+    signal (the previous sample drive, if any, is unchanged)."""
+    a = build_parser().parse_args(argv)
+    return run_cli("sample_drive:", lambda: _build_and_report(a),
+                   interrupted="the previous sample drive (if any) is unchanged")
+
+
+def _build_and_report(a: argparse.Namespace) -> int:
+    path = build(a.camvid, a.out, max_frames=a.max_frames, quality=a.quality, force=a.force)
     size = path.stat().st_size + (path.parent / "metadata.yaml").stat().st_size
     print(f"wrote {path} and {path.parent / 'metadata.yaml'} ({size / 1e6:.2f} MB)")
     if size > MAX_BYTES:
