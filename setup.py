@@ -55,9 +55,9 @@ setup(
             "msaf-export = msaf_core.export:main",
             "msaf-bench = msaf_core.bench:main",
             "msaf-bag = msaf_ros.bag.cli:main",
-            "msaf-demo = msaf_ros.demo:main",
-            "msaf-bench-node = msaf_ros.bench_node:main",
-            "msaf-soak = msaf_ros.soak:main",
+            "msaf-demo = msaf_ros.tools.demo:main",
+            "msaf-bench-node = msaf_ros.tools.bench_node:main",
+            "msaf-soak = msaf_ros.tools.soak:main",
         ],
     },
 )

@@ -6,7 +6,8 @@
 
 Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time, rviz.
 ``checkpoint`` and ``device`` override params_file when not empty. Works on Humble, Jazzy
-and Kilted (launch, launch_ros.actions.Node, ament_index_python only).
+and Kilted (launch, launch_ros.actions.Node only; the share directory comes from
+msaf_ros.resources, which asks the ament index first).
 """
 
 import os
@@ -18,6 +19,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from msaf_ros.resources import share_dir
 
 PACKAGE = 'msaf_ros'
 EXECUTABLE = 'segment_node'
@@ -28,16 +30,6 @@ RVIZ_FILE = 'config/msaf.rviz'
 PARAMETER_ARGUMENTS = ('checkpoint', 'device')
 # Topics the RViz config shows, as written in config/msaf.rviz (un-namespaced).
 RVIZ_TOPICS = {'input': '/camera/image_raw', 'overlay': '/overlay', 'color_mask': '/color_mask'}
-
-
-def share_dir():
-    """The installed share directory of msaf_ros (ament index, else the pip/source layout)."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return get_package_share_directory(PACKAGE)
-    except Exception:  # not indexed (pip install or source tree)
-        from msaf_ros.resources import share_dir as fallback
-        return str(fallback())
 
 
 def node_parameters(params_file, namespace=''):
@@ -65,7 +57,7 @@ def node_parameters(params_file, namespace=''):
 def rviz_config(namespace, image_topic):
     """config/msaf.rviz with its topics moved to this launch's names (a file in the temp
     directory, one per user and set of names)."""
-    with open(os.path.join(share_dir(), RVIZ_FILE)) as f:
+    with open(os.path.join(str(share_dir()), RVIZ_FILE)) as f:
         text = f.read()
     ns = '/' + namespace.strip('/') if namespace.strip('/') else ''
     image = image_topic if image_topic.startswith('/') else f'{ns}/{image_topic}'
@@ -135,7 +127,7 @@ def generate_launch_description():
         DeclareLaunchArgument('namespace', default_value='',
                               description='Namespace of the node and its output topics'),
         DeclareLaunchArgument('params_file',
-                              default_value=os.path.join(share_dir(), PARAMS_FILE),
+                              default_value=os.path.join(str(share_dir()), PARAMS_FILE),
                               description='YAML parameters of segment_node'),
         DeclareLaunchArgument('use_sim_time', default_value='false',
                               description='Use /clock (true when playing a bag with --clock)'),

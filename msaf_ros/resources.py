@@ -1,4 +1,5 @@
-"""Where the package's shared files (config/msaf.yaml, config/msaf.rviz, launch/) live.
+"""Where the package's files live: the share directory (config/msaf.yaml, config/msaf.rviz,
+launch/) and the data shipped inside the package (the sample drive, ``DATA_DIR``).
 
 Looked up in order:
 
@@ -18,6 +19,8 @@ from typing import List, Optional
 
 PACKAGE = "msaf_ros"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
+#: Data installed inside the package (msaf_ros/data: the sample drive).
+DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _ament_share() -> Optional[Path]:

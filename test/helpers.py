@@ -1,7 +1,12 @@
 """Helpers of the msaf_ros tests (not installed with the package).
 
-Bags: rosbags messages, bags written and read back, a fake segmenter, and the checks every
-msaf-bag test repeats. Imports no rclpy at import time.
+- bags: rosbags messages, bags written and read back, a fake segmenter, and the checks
+  every msaf-bag test repeats;
+- the node over DDS: frames as sensor_msgs/Image, outputs back as arrays, waiting for
+  /diagnostics (segment_node itself runs as :class:`msaf_ros.tools.node_process.NodeProcess`,
+  spoken to from a :class:`~msaf_ros.tools.node_process.Probe`).
+
+Imports no rclpy at import time.
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StorageP
 from rosbags.typesys import Stores, get_typestore
 
 from msaf_core import Segmenter
-from msaf_ros.image_codec import compressed_to_rgb, image_to_rgb
 from msaf_ros import msgs
+from msaf_ros.diagnostics import values_of
+from msaf_ros.image_codec import compressed_to_rgb, image_to_rgb
 
 # ---------------------------------------------------------------------------------------------
 # bags (rosbags, no ROS graph)
@@ -189,3 +195,51 @@ class FakeSeg:
         return rgb.copy()
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# the node over DDS (rclpy message types imported when called)
+# ---------------------------------------------------------------------------------------------
+def small(frame: np.ndarray, f: int = 4) -> np.ndarray:
+    """A real CamVid frame, downscaled by f (area average) to keep CPU time low."""
+    from PIL import Image as PILImage
+    h, w = frame.shape[:2]
+    return np.asarray(PILImage.fromarray(frame).resize((w // f, h // f), PILImage.BOX))
+
+
+def image_msg(rgb: np.ndarray, frame_id: str, stamp: int, encoding: str = "rgb8"):
+    """A sensor_msgs/Image (rclpy) of an RGB frame with the given header."""
+    from sensor_msgs.msg import Image
+
+    from msaf_ros.image_codec import rgb_to_image
+    m = rgb_to_image(rgb, encoding, msg_type=Image)
+    m.header.frame_id = frame_id
+    msgs.set_stamp(m.header.stamp, stamp)
+    return m
+
+
+def msg_array(msg) -> np.ndarray:
+    """Pixels of an rgb8/mono8 output message (no padding) as H×W(×3) uint8."""
+    a = np.frombuffer(bytes(msg.data), np.uint8)
+    ch = 1 if msg.encoding == "mono8" else 3
+    a = a.reshape(msg.height, msg.step)[:, : msg.width * ch]
+    return a.reshape(msg.height, msg.width, ch)[..., 0] if ch == 1 else \
+        a.reshape(msg.height, msg.width, 3)
+
+
+def wait_diagnostics(probe, cond, timeout: float, log: str = ""):
+    """Spin ``probe`` until a /diagnostics message newer than the call satisfies ``cond``
+    (a predicate on the status values); returns those values, or fails the test."""
+    box = probe.received["/diagnostics"]
+    start = len(box)
+    out = {}
+
+    def ok() -> bool:
+        for arr in box[start:]:
+            d = values_of(arr)
+            if d is not None and cond(d):
+                out["d"] = d
+                return True
+        return False
+    assert probe.spin_until(ok, timeout), f"no matching /diagnostics message\n{log}"
+    return out["d"]

@@ -20,8 +20,9 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
-from msaf_ros.testing import (NodeProcess, Probe, image_msg,  # noqa: E402
-                              msg_array, stamp_ns, wait_diagnostics)
+from helpers import image_msg, msg_array, small, stamp_of, wait_diagnostics  # noqa: E402
+from msaf_ros.msgs import set_stamp  # noqa: E402
+from msaf_ros.tools.node_process import NodeProcess, Probe  # noqa: E402
 
 DOMAIN = 61
 ALPHA = 0.4
@@ -29,13 +30,6 @@ MAX_GAP = 1.0
 SEC = 1_000_000_000
 T0 = 1_000 * SEC            # stamps of the tests start here
 DT = SEC // 10              # 10 Hz
-
-
-def small(frame: np.ndarray, f: int = 4) -> np.ndarray:
-    """A real CamVid frame, downscaled by f (area average) to keep CPU time low."""
-    from PIL import Image as PILImage
-    h, w = frame.shape[:2]
-    return np.asarray(PILImage.fromarray(frame).resize((w // f, h // f), PILImage.BOX))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +76,7 @@ def io(node, probe):
 
 def find(box, frame_id, stamp, start=0):
     for m in box[start:]:
-        if m.header.frame_id == frame_id and stamp_ns(m.header) == stamp:
+        if m.header.frame_id == frame_id and stamp_of(m) == stamp:
             return m
     return None
 
@@ -119,7 +113,7 @@ def test_camvid_frames_labels_mask_overlay(io, val_frames, reference):
         lab, col, ovl = got["/labels"], got["/color_mask"], got["/overlay"]
         for m, enc in ((lab, "mono8"), (col, "rgb8"), (ovl, "rgb8")):
             assert m.encoding == enc and (m.height, m.width) == (360, 480)
-            assert m.header.frame_id == "cam_front" and stamp_ns(m.header) == stamp
+            assert m.header.frame_id == "cam_front" and stamp_of(m) == stamp
         ref = seg.segment(rgb, "cam_front", stamp)
         labels = msg_array(lab)
         assert labels.max() < seg.cfg.num_classes
@@ -335,7 +329,7 @@ def test_compressed_transport_best_effort(tiny_checkpoint, probe, val_frames, re
         stamp = None
         for k in range(5):
             stamp = T0 + k * DT
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, SEC)
+            set_stamp(msg.header.stamp, stamp)
             pub.publish(msg)
             if probe.spin_until(lambda: find(box, "cam2", stamp) is not None, 15):
                 break

@@ -6,7 +6,7 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 from helpers import (COMPRESSED, IMAGE, assert_one_line_error, deser, read_bag, stamp_of)
-from msaf_ros import demo, sample_drive
+from msaf_ros.tools import demo, sample_drive
 from msaf_ros.image_codec import compressed_to_rgb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -103,4 +103,7 @@ def test_console_scripts_declared():
     from importlib.metadata import entry_points
     eps = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert eps.get("msaf-bag") == "msaf_ros.bag.cli:main"
-    assert eps.get("msaf-demo") == "msaf_ros.demo:main"
+    assert eps.get("msaf-demo") == "msaf_ros.tools.demo:main"
+    assert eps.get("msaf-bench-node") == "msaf_ros.tools.bench_node:main"
+    assert eps.get("msaf-soak") == "msaf_ros.tools.soak:main"
+    assert eps.get("segment_node") == "msaf_ros.segment_node:main"

@@ -6,7 +6,7 @@
               [--device auto] [--rows 4]
 
 1. segments the sample drive (CamVid val sequence 0016E5, 101 labelled frames at 15 Hz, see
-   :mod:`msaf_ros.sample_drive`) with the bundled default model (or ``--checkpoint``) into
+   :mod:`msaf_ros.tools.sample_drive`) with the bundled default model (or ``--checkpoint``) into
    ``OUT/segmented_drive`` (a rosbag2 mcap: the input topics plus ``/camera/labels``,
    ``/camera/color_mask`` and ``/camera/overlay``; play it with ``ros2 bag play``);
 2. draws ``OUT/msaf_demo.png``: input | predicted overlay | ground-truth overlay for a few
@@ -27,12 +27,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bag.io import decode_image, decode_labels, header_key, read_topics
-from .bag.result import Frame
-from .bag.segment import segment_bag
-from .cli import run_cli, set_torch_threads
-from .errors import MsafRosError
-from .model import load_model
+from ..bag.io import decode_image, decode_labels, header_key, read_topics
+from ..bag.result import Frame
+from ..bag.segment import segment_bag
+from ..cli import run_cli, set_torch_threads
+from ..errors import MsafRosError
+from ..model import load_model
 from .sample_drive import CAMERA_TOPIC, LABELS_TOPIC, sample_drive_path
 
 BAG_DIR = "segmented_drive"

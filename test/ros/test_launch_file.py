@@ -1,27 +1,21 @@
-"""launch/segment.launch.py, config/msaf.yaml and config/msaf.rviz.
-
-Static checks need no ROS: the launch file is parsed with ``ast`` and run against stand-in
-``launch``/``launch_ros`` modules. Where launch_ros is importable the real thing is run too;
-elsewhere that test is skipped with the reason shown.
-"""
+"""launch/segment.launch.py and config/msaf.rviz, without ROS: the launch file is parsed
+with ``ast`` and run against stand-in ``launch``/``launch_ros`` modules (the real launch is
+test/graph/test_launch.py). Also where the package finds its share files."""
 from __future__ import annotations
 
 import ast
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from msaf_ros.params import DEFAULTS, PARAMETERS, USER_PARAMETERS
+from conftest import ROOT
+from msaf_ros.params import DEFAULTS, USER_PARAMETERS
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch" / "segment.launch.py"
 YAML = ROOT / "config" / "msaf.yaml"
 RVIZ = ROOT / "config" / "msaf.rviz"
@@ -131,30 +125,6 @@ def test_launch_files_exist_and_imports_are_portable():
             assert all(a.name in allowed for a in node.names)
 
 
-def test_yaml_keys_are_the_declared_parameters():
-    data = yaml.safe_load(YAML.read_text())
-    assert list(data) == ["segment_node"]
-    params = data["segment_node"]["ros__parameters"]
-    assert set(params) == set(USER_PARAMETERS)
-    assert params == DEFAULTS                          # the node's in-code defaults agree
-    for p in PARAMETERS:
-        if p.output:
-            continue
-        v = params[p.name]
-        want = {"string": str, "bool": bool, "int": int, "double": float}[p.type]
-        assert type(v) is want, (p.name, v)
-        if p.range is not None:
-            assert p.range[0] <= v <= p.range[1]
-        if p.choices is not None:
-            assert v in p.choices
-
-
-def test_yaml_defaults_validate():
-    from msaf_ros.params import validate
-    params = yaml.safe_load(YAML.read_text())["segment_node"]["ros__parameters"]
-    assert validate(params)["device"] == "auto"
-
-
 def test_rviz_config_is_valid_and_shows_the_topics():
     cfg = yaml.safe_load(RVIZ.read_text())
     displays = cfg["Visualization Manager"]["Displays"]
@@ -251,52 +221,6 @@ def test_launch_overrides_namespace_and_rviz(fake_launch, tmp_path):
                           "Color mask": "/front/color_mask"}
     finally:
         os.unlink(cfg_path)
-
-
-# -- the real launch ------------------------------------------------------------------------
-def test_real_launch_starts_the_node(tiny_checkpoint, tmp_path):
-    pytest.importorskip("launch_ros", reason="launch_ros is not installed (needs a ROS 2 "
-                                             "distro: Humble, Jazzy or Kilted)")
-    launch = pytest.importorskip("launch", reason="ROS 2 'launch' is not installed")
-    if not hasattr(launch, "LaunchService"):   # the repository's launch/ folder, not ROS
-        pytest.skip("ROS 2 'launch' is not installed")
-    try:
-        from ament_index_python.packages import get_package_prefix
-        prefix = Path(get_package_prefix("msaf_ros"))
-    except Exception as e:  # noqa: BLE001
-        pytest.skip(f"msaf_ros is not installed in an ament workspace ({e})")
-    if not (prefix / "lib" / "msaf_ros" / "segment_node").exists():
-        pytest.skip(f"no {prefix}/lib/msaf_ros/segment_node (build with colcon)")
-    script = (
-        "import sys\n"
-        "from launch import LaunchDescription, LaunchService\n"
-        "from launch.actions import IncludeLaunchDescription\n"
-        "from launch.launch_description_sources import PythonLaunchDescriptionSource\n"
-        f"src = PythonLaunchDescriptionSource({str(LAUNCH)!r})\n"
-        "args = {'checkpoint': sys.argv[1], 'namespace': 'lt', 'image_topic': '/lt/image',\n"
-        "        'device': 'cpu'}\n"
-        "ls = LaunchService()\n"
-        "ls.include_launch_description(LaunchDescription(\n"
-        "    [IncludeLaunchDescription(src, launch_arguments=args.items())]))\n"
-        "sys.exit(ls.run())\n")
-    from msaf_ros.testing import node_env
-    log = tmp_path / "launch.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", script, str(tiny_checkpoint)],
-                                env=node_env(79), stdout=out, stderr=subprocess.STDOUT)
-        try:
-            end = time.monotonic() + 90
-            while time.monotonic() < end and "listening on /lt/image" not in log.read_text():
-                assert proc.poll() is None, log.read_text()
-                time.sleep(0.2)
-            assert "listening on /lt/image" in log.read_text(), log.read_text()
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    assert "Traceback" not in log.read_text()
 
 
 def test_resources_find_the_share_files():

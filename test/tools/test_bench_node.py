@@ -1,4 +1,4 @@
-"""Smoke tests of the node benchmarks (msaf_ros.bench_node, msaf_ros.soak).
+"""Smoke tests of the node benchmarks (msaf-bench-node, msaf-soak).
 
 Each program runs for a few seconds as its own process, with the tiny checkpoint and small
 frames; the tests check the report's structure and that its figures agree with each other
@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from msaf_ros.bench_node import (BenchError, Harness, load_frames, node_param, parse_size,
-                                 stats_ms)
+from msaf_ros.errors import BenchError
+from msaf_ros.tools.harness import load_frames, node_param, parse_size
+from msaf_ros.tools.report import Recording, stats_ms
 
 from conftest import CAMVID, ROOT, camvid_available
 
@@ -93,28 +93,23 @@ def test_load_frames_resizes(frames_dir):
         load_frames(frames_dir / "missing", (64, 48))
 
 
-def test_correspondence_finds_unknown_duplicate_and_wrong_size(tmp_path):
-    h = Harness([np.zeros((12, 16, 3), np.uint8)], checkpoint="x", device="cpu", threads=1,
-                domain_id=99, outputs=["/labels"], frame_id="cam")
-    try:
-        h.msgs = [types.SimpleNamespace(width=16, height=12)]
-        h.sent = {100: (0, "t", 100), 200: (1, "t", 200), 300: (2, "t", 300)}
-        h.order = [100, 200, 300]
-        good = [(100, "cam", 150, 0, 16, 12, "mono8"), (200, "cam", 260, 0, 16, 12, "mono8")]
-        h.got["/labels"] = list(good)
-        assert h.correspondence()["ok"]
-        h.got["/labels"] = good + [(999, "cam", 1000, 0, 16, 12, "mono8"),     # never sent
-                                   (200, "cam", 270, 0, 16, 12, "mono8"),      # twice
-                                   (300, "other", 350, 0, 16, 12, "mono8"),    # other camera
-                                   (300, "cam", 360, 0, 8, 6, "mono8")]        # wrong size
-        c = h.correspondence()
-        assert not c["ok"]
-        lab = c["/labels"]
-        assert (lab["unknown"], lab["duplicates"], lab["wrong_size_or_encoding"]) == (2, 2, 1)
-        cb, _ = h.latencies_ms(good)
-        assert cb == [50 / 1e6, 60 / 1e6]
-    finally:
-        h.close()
+def test_correspondence_finds_unknown_duplicate_and_wrong_size():
+    rec = Recording("cam", (16, 12), ["/labels"])
+    rec.sent = {100: (0, "t", 100), 200: (1, "t", 200), 300: (2, "t", 300)}
+    rec.order = [100, 200, 300]
+    good = [(100, "cam", 150, 0, 16, 12, "mono8"), (200, "cam", 260, 0, 16, 12, "mono8")]
+    rec.got["/labels"] = list(good)
+    assert rec.correspondence()["ok"]
+    rec.got["/labels"] = good + [(999, "cam", 1000, 0, 16, 12, "mono8"),     # never sent
+                                 (200, "cam", 270, 0, 16, 12, "mono8"),      # twice
+                                 (300, "other", 350, 0, 16, 12, "mono8"),    # other camera
+                                 (300, "cam", 360, 0, 8, 6, "mono8")]        # wrong size
+    c = rec.correspondence()
+    assert not c["ok"]
+    lab = c["/labels"]
+    assert (lab["unknown"], lab["duplicates"], lab["wrong_size_or_encoding"]) == (2, 2, 1)
+    cb, _ = rec.latencies_ms(good)
+    assert cb == [50 / 1e6, 60 / 1e6]
 
 
 # -- the programs over real DDS ------------------------------------------------------------------
@@ -122,7 +117,7 @@ def test_correspondence_finds_unknown_duplicate_and_wrong_size(tmp_path):
 @no_rclpy
 def test_bench_node_smoke(tiny_checkpoint, frames_dir, tmp_path):
     rates = [5, 10]
-    proc, r = run_program("msaf_ros.bench_node", [
+    proc, r = run_program("msaf_ros.tools.bench_node", [
         "--checkpoint", tiny_checkpoint, "--threads", 1, "--rates", *rates, "--duration", 2,
         "--warmup", 0.5, "--size", SIZE, "--diag-period", 0.25, "--subscribe-all",
         "--frames-dir", frames_dir, "--domain-id", 95], tmp_path)
@@ -165,7 +160,7 @@ def test_bench_node_smoke(tiny_checkpoint, frames_dir, tmp_path):
 @pytest.mark.parametrize("sig,domain", [("INT", 96), ("TERM", 97)])
 def test_soak_smoke(tiny_checkpoint, frames_dir, tmp_path, sig, domain):
     n = 24
-    proc, r = run_program("msaf_ros.soak", [
+    proc, r = run_program("msaf_ros.tools.soak", [
         "--checkpoint", tiny_checkpoint, "--threads", 1, "--frames", n, "--rate", 12,
         "--warmup", 0.5, "--size", SIZE, "--diag-period", 0.25, "--signal", sig,
         "--exit-limit", 60, "--frames-dir", frames_dir, "--domain-id", domain], tmp_path)
@@ -201,7 +196,7 @@ def test_soak_smoke(tiny_checkpoint, frames_dir, tmp_path, sig, domain):
 def test_bad_checkpoint_is_one_line_exit_2(frames_dir, tmp_path):
     bad = tmp_path / "not_a_checkpoint.pt"
     bad.write_bytes(b"not a checkpoint")
-    proc, r = run_program("msaf_ros.soak", [
+    proc, r = run_program("msaf_ros.tools.soak", [
         "--checkpoint", bad, "--frames", 5, "--size", SIZE, "--frames-dir", frames_dir,
         "--domain-id", 98, "--startup-timeout", 120], tmp_path)
     assert proc.returncode == 2 and r is None
@@ -211,7 +206,7 @@ def test_bad_checkpoint_is_one_line_exit_2(frames_dir, tmp_path):
 
 
 def test_bad_size_is_a_usage_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "msaf_ros.bench_node", "--size", "7x7"],
+    proc = subprocess.run([sys.executable, "-m", "msaf_ros.tools.bench_node", "--size", "7x7"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "WIDTHxHEIGHT" in proc.stderr
 
@@ -221,7 +216,7 @@ def test_bad_size_is_a_usage_error(tmp_path):
 def test_no_node_left_behind_after_sigint(tiny_checkpoint, frames_dir, tmp_path):
     """SIGINT to the benchmark itself stops it, and its node, without a report."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([sys.executable, "-m", "msaf_ros.bench_node", "--checkpoint",
+    p = subprocess.Popen([sys.executable, "-m", "msaf_ros.tools.bench_node", "--checkpoint",
                           str(tiny_checkpoint), "--threads", "1", "--rates", "5", "--duration",
                           "600", "--warmup", "0", "--size", SIZE, "--frames-dir",
                           str(frames_dir), "--domain-id", "99"],

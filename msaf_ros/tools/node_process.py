@@ -1,7 +1,9 @@
-"""Helpers to test segment_node over real DDS: run it as a process, talk to it from a probe.
+"""segment_node as a child process, and a probe node that talks to it over DDS.
 
-Used by test/test_node*.py; handy for manual checks too. Imports rclpy lazily (only
-:class:`Probe` needs it).
+The node benchmarks and the graph tests start the real node (``python -m
+msaf_ros.segment_node --ros-args ...``) with :class:`NodeProcess` and publish to it and
+listen to it from :class:`Probe`, an rclpy node of their own, in its own context and ROS
+domain. Imports rclpy only in :class:`Probe`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+from ..msgs import qos
+from ..resources import SOURCE_ROOT
 
 
 def node_env(domain_id: int, **extra: str) -> Dict[str, str]:
@@ -145,16 +146,7 @@ class Probe:
         self.received: Dict[str, List[Any]] = {}
         self.subs: Dict[str, Any] = {}
 
-    # QoS helpers
-    @staticmethod
-    def qos(reliable: bool = True, depth: int = 10, latched: bool = False):
-        from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile,  # noqa: PLC0415
-                               ReliabilityPolicy)
-        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
-                          reliability=ReliabilityPolicy.RELIABLE if reliable
-                          else ReliabilityPolicy.BEST_EFFORT,
-                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
-                          else DurabilityPolicy.VOLATILE)
+    qos = staticmethod(qos)
 
     def publisher(self, msg_type: Any, topic: str, qos: Any = None):
         return self.node.create_publisher(msg_type, topic, qos or self.qos(depth=50))
@@ -199,55 +191,3 @@ class Probe:
             self.node.destroy_node()
         finally:
             self.rclpy.try_shutdown(context=self.context)
-
-
-def diagnostics_values(arr: Any, name_part: str = "segment_node") -> Optional[Dict[str, str]]:
-    for st in arr.status:
-        if name_part in st.name:
-            d = {kv.key: kv.value for kv in st.values}
-            d["_level"] = st.level
-            d["_message"] = st.message
-            return d
-    return None
-
-
-def image_msg(rgb: np.ndarray, frame_id: str, stamp_ns: int, encoding: str = "rgb8"):
-    """A sensor_msgs/Image of an RGB frame with the given header."""
-    from sensor_msgs.msg import Image  # noqa: PLC0415
-
-    from .image_codec import rgb_to_image  # noqa: PLC0415
-    m = rgb_to_image(rgb, encoding, msg_type=Image)
-    m.header.frame_id = frame_id
-    m.header.stamp.sec, m.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
-    return m
-
-
-def msg_array(msg: Any) -> np.ndarray:
-    """Pixels of an rgb8/mono8 output message (no padding) as H×W(×3) uint8."""
-    a = np.frombuffer(bytes(msg.data), np.uint8)
-    ch = 1 if msg.encoding == "mono8" else 3
-    a = a.reshape(msg.height, msg.step)[:, : msg.width * ch]
-    return a.reshape(msg.height, msg.width, ch)[..., 0] if ch == 1 else \
-        a.reshape(msg.height, msg.width, 3)
-
-
-def stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def wait_diagnostics(probe: Any, cond: Any, timeout: float, log: str = "") -> Dict[str, Any]:
-    """Spin ``probe`` until a /diagnostics message newer than the call satisfies ``cond``
-    (a predicate on ``diagnostics_values``); returns those values, or fails the test."""
-    box = probe.received["/diagnostics"]
-    start = len(box)
-    out: Dict[str, Any] = {}
-
-    def ok() -> bool:
-        for arr in box[start:]:
-            d = diagnostics_values(arr)
-            if d is not None and cond(d):
-                out["d"] = d
-                return True
-        return False
-    assert probe.spin_until(ok, timeout), f"no matching /diagnostics message\n{log}"
-    return out["d"]

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from msaf_ros import image_codec as ic
 from msaf_ros.image_codec import (ENCODABLE, ENCODINGS, SUPPORTED_ENCODINGS, ImageDecodeError,
-                                  check_compressed, compressed_to_rgb, image_fields, image_to_rgb, labels_to_image,
+                                  check_compressed, compressed_to_rgb, image_fields, image_to_rgb,
                                   rgb_to_image)
 
 RNG = np.random.default_rng(0)
@@ -57,20 +57,6 @@ def test_round_trip_every_encodable(encoding):
         assert (out == np.frombuffer(g, np.uint8).reshape(7, 9)[..., None]).all()
     else:
         assert (out == rgb).all()
-
-
-def test_rclpy_message_type_and_speed_path():
-    sensor_msgs = pytest.importorskip("sensor_msgs.msg",
-                                      reason="sensor_msgs (ROS 2) not importable")
-    rgb = RNG.integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    m = rgb_to_image(rgb, "bgr8", msg_type=sensor_msgs.Image)
-    assert isinstance(m, sensor_msgs.Image)
-    assert isinstance(m.data, array.array) and m.step == 480 * 3
-    assert (image_to_rgb(m) == rgb).all()
-    lab = RNG.integers(0, 11, (5, 6), dtype=np.uint8)
-    lm = labels_to_image(lab, msg_type=sensor_msgs.Image)
-    assert lm.encoding == "mono8" and lm.step == 6
-    assert (np.frombuffer(lm.data, np.uint8).reshape(5, 6) == lab).all()
 
 
 def test_rosbags_message_type():

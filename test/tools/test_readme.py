@@ -1,7 +1,5 @@
 """The README's two commands: CI runs exactly the README's test command."""
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
 
 
 def _bash_blocks(text):

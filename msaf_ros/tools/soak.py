@@ -2,9 +2,9 @@
 
 ::
 
-    python -m msaf_ros.soak [--checkpoint CKPT] [--device cpu] [--threads N]
+    msaf-soak [--checkpoint CKPT] [--device cpu] [--threads N]
         [--frames 2000] [--rate 30] [--size 1024x512] [--warmup 10]
-        [--signal INT|TERM] [--exit-limit 2.0] [--strict] [--json FILE]
+        [--signal INT|TERM] [--exit-limit 2.0] [--strict] [--json FILE] [--debug]
 
 Starts the real node as a child process and publishes ``--frames`` frames (CamVid val frames
 resized to ``--size``, cycling) at ``--rate`` Hz after a warm-up. It records every input
@@ -35,13 +35,13 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bench_node import (LABELS, BenchError, Harness, add_node_arguments, cli_main, environment,
-                         load_frames, parse_size, positive, slope_per_min, stats_ms)
+from .harness import (Harness, add_node_arguments, load_frames, make_harness, node_report,
+                      parse_size, positive, run_program)
+from .report import LABELS, Recording, environment, slope_per_min, stats_ms
 
 DEFAULT_DOMAIN = 92
 EDGE_S = 5.0     # RSS start/end: median of the samples in the first/last 5 s of the run
@@ -49,11 +49,11 @@ EDGE_S = 5.0     # RSS start/end: median of the samples in the first/last 5 s of
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m msaf_ros.soak",
+        prog="msaf-soak",
         description="Soak test of segment_node: --frames frames at --rate Hz; latency must "
                     "stay bounded, memory flat, every output must match a sent frame; then "
                     "SIGINT/SIGTERM must end the node cleanly.")
-    add_node_arguments(p)
+    add_node_arguments(p, DEFAULT_DOMAIN)
     p.add_argument("--frames", type=positive(int), default=2000,
                    help="frames published in the measured run (2000)")
     p.add_argument("--rate", type=positive(float), default=30.0, help="input rate, Hz (30)")
@@ -61,18 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame size WIDTHxHEIGHT (1024x512)")
     p.add_argument("--warmup", type=float, default=10.0,
                    help="seconds published before the measured run (10)")
-    p.add_argument("--reliable", action="store_true",
-                   help="reliable input (publisher and node's qos_reliability)")
-    p.add_argument("--domain-id", type=int, default=DEFAULT_DOMAIN,
-                   help=f"ROS_DOMAIN_ID of the node and the test ({DEFAULT_DOMAIN})")
     p.add_argument("--signal", choices=("INT", "TERM"), default="INT",
                    help="signal that ends the node at the end (INT)")
     p.add_argument("--exit-limit", type=positive(float), default=2.0,
                    help="seconds the node may take to exit after the signal (2.0)")
     p.add_argument("--exit-timeout", type=positive(float), default=15.0,
                    help="seconds after the signal before the node is killed (15)")
-    p.add_argument("--startup-timeout", type=positive(float), default=180.0,
-                   help="seconds for the node to start and segment its first frame (180)")
     p.add_argument("--drain-timeout", type=positive(float), default=15.0,
                    help="seconds at most to wait for the last outputs of the run (15)")
     p.add_argument("--max-latency-growth", type=positive(float), default=1.5,
@@ -82,13 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory is 'flat' when RSS grows by at most this many MB (50)")
     p.add_argument("--strict", action="store_true",
                    help="also fail (exit 1) when latency grew or memory was not flat")
-    p.add_argument("--json", type=Path, default=None, help="write the report here")
     return p
 
 
-def latency_report(h: Harness, stamps: List[int]) -> Dict[str, Any]:
+def latency_report(rec: Recording, stamps: List[int]) -> Dict[str, Any]:
     """Latency over the run, in its first and last quarter (by send order), and its trend."""
-    recs = h.outputs_of(LABELS, stamps)
+    recs = rec.outputs_of(LABELS, stamps)
     first_arrival: Dict[int, int] = {}
     for st, _fid, t, *_ in recs:
         first_arrival.setdefault(st, t)
@@ -115,8 +108,10 @@ def latency_report(h: Harness, stamps: List[int]) -> Dict[str, Any]:
             "max_ms": round(max(lat_all), 2) if lat_all else None}
 
 
-def rss_report(h: Harness, m0: float, m1: float) -> Dict[str, Any]:
-    s = [(t, kb / 1024.0) for t, _w, kb, _hwm, _cpu in h.samples if m0 <= t <= m1]
+def rss_report(rec: Recording, m0: float, m1: float) -> Dict[str, Any]:
+    """The node's resident memory between two monotonic times: start and end (medians of
+    the first and last EDGE_S seconds), maximum, growth, trend and the series."""
+    s = [(t, kb / 1024.0) for t, _w, kb, _hwm, _cpu in rec.samples if m0 <= t <= m1]
     if not s:
         return {"available": False}
     t_rel = [t - m0 for t, _ in s]
@@ -125,7 +120,7 @@ def rss_report(h: Harness, m0: float, m1: float) -> Dict[str, Any]:
     tail = [v for t, v in s if m1 - t <= EDGE_S] or mb[-1:]
     start, end = float(np.median(head)), float(np.median(tail))
     slope = slope_per_min(t_rel, mb)
-    cpu = [(t, c) for t, _w, _kb, _hwm, c in h.samples if m0 <= t <= m1 and c is not None]
+    cpu = [(t, c) for t, _w, _kb, _hwm, c in rec.samples if m0 <= t <= m1 and c is not None]
     out = {"available": True, "samples": len(s), "start_mb": round(start, 1),
            "end_mb": round(end, 1), "max_mb": round(max(mb), 1),
            "min_mb": round(min(mb), 1), "first_sample_mb": round(mb[0], 1),
@@ -134,7 +129,7 @@ def rss_report(h: Harness, m0: float, m1: float) -> Dict[str, Any]:
            "growth_pct": round(100.0 * (end - start) / start, 2) if start else None,
            "max_over_start_mb": round(max(mb) - start, 1),
            "trend_mb_per_min": None if slope is None else round(slope, 3),
-           "hwm_mb": round(max((x[3] or 0) for x in h.samples) / 1024, 1),
+           "hwm_mb": round(max((x[3] or 0) for x in rec.samples) / 1024, 1),
            "series_mb": [[round(t, 1), round(v, 1)] for t, v in zip(t_rel, mb)]}
     if len(cpu) >= 2 and cpu[-1][0] > cpu[0][0]:
         out["node_cpu_cores"] = round((cpu[-1][1] - cpu[0][1]) / (cpu[-1][0] - cpu[0][0]), 2)
@@ -154,7 +149,7 @@ def signal_under_load(h: Harness, sig: int, rate: float, limit: float, timeout: 
         finally:
             ended["t"] = time.monotonic()
 
-    busy = h.diags[-1].get("_message", "") if h.diags else ""
+    busy = h.rec.diags[-1].get("_message", "") if h.rec.diags else ""
     t0 = time.monotonic()
     proc.send_signal(sig)
     th = threading.Thread(target=waiter, name="node-exit", daemon=True)
@@ -178,10 +173,7 @@ def signal_under_load(h: Harness, sig: int, rate: float, limit: float, timeout: 
 def run(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     t_start = time.monotonic()
     frames, source = load_frames(args.frames_dir, args.size)
-    h = Harness(frames, checkpoint=args.checkpoint, device=args.device, threads=args.threads,
-                domain_id=args.domain_id, reliable=args.reliable, node_args=args.node_arg,
-                diag_period=args.diag_period, outputs=[LABELS], frame_id=args.frame_id,
-                sample_period=1.0)
+    h = make_harness(args, frames)
     sig = signal.SIGINT if args.signal == "INT" else signal.SIGTERM
     report: Dict[str, Any] = {
         "benchmark": "msaf_ros.soak",
@@ -197,64 +189,70 @@ def run(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     del frames
     try:
         h.start(args.startup_timeout)
-        report["node_command"] = " ".join(h.node.cmd)
         report["model"] = h.model_line
-        h.stream(args.rate, "prime", seconds=args.startup_timeout,
-                 until=lambda: len(h.got[LABELS]) > 0)
-        if not h.got[LABELS]:
-            raise BenchError(h._node_failure(f"produced no labels in "
-                                             f"{args.startup_timeout:g} s"))
+        h.prime(args.rate, args.startup_timeout)
         if args.warmup > 0:
             h.stream(args.rate, "warmup", seconds=args.warmup)
-        h._sample(force=True)
-        m0, w0 = time.monotonic(), time.time_ns()
-        s = h.stream(args.rate, "soak", frames=args.frames)
-        m1, w1 = time.monotonic(), time.time_ns()
-        h._sample(force=True)
-        stamps = h.stamps("soak")
-        lat_now = [(t - st) / 1e6 for st, _f, t, *_ in h.outputs_of(LABELS, stamps)]
-        quiet = max(1.0, 2.0 * float(np.percentile(lat_now, 90)) / 1e3) if lat_now else 3.0
-        drained = h.wait_quiet("soak", stamps, quiet=quiet, timeout=args.drain_timeout,
-                               rate=args.rate)
-        received = len({r[0] for r in h.outputs_of(LABELS, stamps)})
-        span = (stamps[-1] - stamps[0]) / 1e9 if len(stamps) > 1 else 0.0
-        report["frames"] = {
-            "sent": len(stamps), "received": received, "dropped": len(stamps) - received,
-            "dropped_share": round(1 - received / len(stamps), 4) if stamps else None,
-            "run_s": round(span, 2),
-            # (n - 1) intervals between the first and the last frame
-            "send_rate_hz": round((len(stamps) - 1) / span, 2) if span > 0 else None,
-            "late_sends": s["late"],
-            "output_rate_hz": round(received * (len(stamps) - 1) / len(stamps) / span, 2)
-            if span > 0 else None,
-            "drain_s": round(drained, 2)}
-        report["latency_ms"] = latency_report(h, stamps)
-        report["rss"] = rss_report(h, m0, m1)
-        report["node"] = h.node_window(w0, w1)
-        report["node_totals_before_signal"] = h.totals()
+        report.update(soak(h, args))
         report["exit"] = signal_under_load(h, sig, args.rate, args.exit_limit,
                                            args.exit_timeout)
-        report["correspondence"] = h.correspondence()
-        report["all_frames"] = {"sent": len(h.order), "labels_received": len(h.got[LABELS])}
+        report["correspondence"] = h.rec.correspondence()
+        report["all_frames"] = {"sent": len(h.rec.order),
+                                "labels_received": len(h.rec.got[LABELS])}
     finally:
         h.close()
-    report["node_log_tail"] = h.node.output.strip().splitlines()[-5:]
+    report.update(node_report(h))
     report["wall_s"] = round(time.monotonic() - t_start, 1)
+    report["checks"] = checks(report, args)
+    hard = [report["checks"]["correspondence"], report["checks"]["clean_exit"]]
+    if args.strict:
+        hard += [report["checks"]["latency_bounded"] is not False,
+                 report["checks"]["memory_flat"] is not False]
+    return (0 if all(hard) else 1), report
 
+
+def soak(h: Harness, args: argparse.Namespace) -> Dict[str, Any]:
+    """The measured run: ``--frames`` frames at ``--rate``, then the wait for their outputs
+    (frames keep coming meanwhile). Returns the frames, latency, rss and node parts."""
+    rec = h.rec
+    h.sample(force=True)
+    m0, w0 = time.monotonic(), time.time_ns()
+    s = h.stream(args.rate, "soak", frames=args.frames)
+    m1, w1 = time.monotonic(), time.time_ns()
+    h.sample(force=True)
+    stamps = rec.stamps("soak")
+    lat_now = [(t - st) / 1e6 for st, _f, t, *_ in rec.outputs_of(LABELS, stamps)]
+    quiet = max(1.0, 2.0 * float(np.percentile(lat_now, 90)) / 1e3) if lat_now else 3.0
+    drained = h.wait_quiet("soak", stamps, quiet=quiet, timeout=args.drain_timeout,
+                           rate=args.rate)
+    received = len({r[0] for r in rec.outputs_of(LABELS, stamps)})
+    span = (stamps[-1] - stamps[0]) / 1e9 if len(stamps) > 1 else 0.0
+    frames = {
+        "sent": len(stamps), "received": received, "dropped": len(stamps) - received,
+        "dropped_share": round(1 - received / len(stamps), 4) if stamps else None,
+        "run_s": round(span, 2),
+        # (n - 1) intervals between the first and the last frame
+        "send_rate_hz": round((len(stamps) - 1) / span, 2) if span > 0 else None,
+        "late_sends": s["late"],
+        "output_rate_hz": round(received * (len(stamps) - 1) / len(stamps) / span, 2)
+        if span > 0 else None,
+        "drain_s": round(drained, 2)}
+    return {"frames": frames, "latency_ms": latency_report(rec, stamps),
+            "rss": rss_report(rec, m0, m1), "node": rec.node_window(w0, w1),
+            "node_totals_before_signal": rec.totals()}
+
+
+def checks(report: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Optional[bool]]:
+    """The soak's verdicts (None: not measurable in this run)."""
     lat, rss = report["latency_ms"], report["rss"]
     ratio = lat.get("p90_ratio_last_to_first")
-    checks = {
+    return {
         "correspondence": report["correspondence"]["ok"],
         "clean_exit": report["exit"]["ok"],
         "latency_bounded": None if ratio is None else ratio <= args.max_latency_growth,
         "memory_flat": (None if not rss.get("available")
                         else rss["growth_mb"] <= args.max_rss_growth_mb),
     }
-    report["checks"] = checks
-    hard = [checks["correspondence"], checks["clean_exit"]]
-    if args.strict:
-        hard += [checks["latency_bounded"] is not False, checks["memory_flat"] is not False]
-    return (0 if all(hard) else 1), report
 
 
 def print_summary(r: Dict[str, Any]) -> None:
@@ -305,7 +303,8 @@ def print_summary(r: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return cli_main("soak", argv, build_parser(), run, print_summary)
+    """Console script ``msaf-soak``."""
+    return run_program("soak", argv, build_parser(), run, print_summary)
 
 
 if __name__ == "__main__":

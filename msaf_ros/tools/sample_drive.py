@@ -26,7 +26,7 @@ and ROS 2 reader opens it directly) and ``msaf_ros/data/metadata.yaml``, which m
 Rebuild it (deterministic: the same CamVid files and the same Pillow/libjpeg, zstd and
 rosbags versions give a byte-identical bag)::
 
-    python -m msaf_ros.sample_drive --camvid /path/to/camvid --out msaf_ros/data --force
+    python -m msaf_ros.tools.sample_drive --camvid /path/to/camvid --out msaf_ros/data --force
 
 Dataset credit: CamVid, G. J. Brostow, J. Shotton, J. Fauqueur, R. Cipolla, "Segmentation and
 Recognition Using Structure from Motion Point Clouds", ECCV 2008 (research use).
@@ -46,8 +46,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .cli import run_cli
-from .errors import SampleDriveError
+from ..cli import run_cli
+from ..errors import SampleDriveError
+from ..resources import DATA_DIR
 
 BAG_NAME = "camvid_0016E5"
 SEQUENCE = "0016E5"
@@ -61,7 +62,6 @@ JPEG_FORMAT = "rgb8; jpeg compressed bgr8"   # image_transport's compressed form
 VOID_LABEL = 11
 NUM_FRAMES = 101
 MAX_BYTES = 10 * 1024 * 1024
-DATA_DIR = Path(__file__).resolve().parent / "data"
 CREDIT = ("CamVid: G. J. Brostow, J. Shotton, J. Fauqueur, R. Cipolla, 'Segmentation and "
           "Recognition Using Structure from Motion Point Clouds', ECCV 2008 (research use)")
 
@@ -74,7 +74,7 @@ def sample_drive_path() -> Path:
     if not path.is_file():
         raise SampleDriveError(
             f"{path}: the sample drive is not installed; rebuild it with "
-            f"'python -m msaf_ros.sample_drive --camvid /path/to/camvid --out {DATA_DIR}'")
+            f"'python -m msaf_ros.tools.sample_drive --camvid /path/to/camvid --out {DATA_DIR}'")
     return path
 
 
@@ -181,7 +181,7 @@ def build(camvid_root: Path, out_dir: Path, *, max_frames: Optional[int] = None,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m msaf_ros.sample_drive",
+        prog="python -m msaf_ros.tools.sample_drive",
         description="Build the sample drive bag (CamVid val sequence 0016E5, 101 labelled "
                     "frames at 15 Hz) from a CamVid folder.")
     env = os.environ.get("MSAF_CAMVID")
