@@ -50,10 +50,10 @@ setup(
     entry_points={
         "console_scripts": [
             "segment_node = msaf_ros.segment_node:main",
-            "msaf-train = msaf_core.train:main",
-            "msaf-eval = msaf_core.evaluate:main",
-            "msaf-export = msaf_core.export:main",
-            "msaf-bench = msaf_core.bench:main",
+            "msaf-train = msaf_core.tools.train:main",
+            "msaf-eval = msaf_core.tools.evaluate:main",
+            "msaf-export = msaf_core.tools.export:main",
+            "msaf-bench = msaf_core.tools.bench:main",
             "msaf-bag = msaf_ros.bag.cli:main",
             "msaf-demo = msaf_ros.tools.demo:main",
             "msaf-bench-node = msaf_ros.tools.bench_node:main",

@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .errors import CheckpointError
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..errors import CheckpointError
 
 
 def read_log(path: Path) -> List[Dict[str, Any]]:
@@ -64,7 +64,9 @@ def train_wall_time_s(records: List[Dict[str, Any]]) -> float:
 
 
 def summarize_run(records: List[Dict[str, Any]]) -> Dict[str, Any]:
-    evals = [{"step": r["step"], "miou": r["miou"]} for r in records if "eval" in r]
+    evals = [{"step": r["step"], "miou": r["miou"],
+              **({"set": r["eval"]} if isinstance(r["eval"], str) else {})}
+             for r in records if "eval" in r]
     steps = [r["step"] for r in records if "eval" not in r and "step" in r]
     wall = train_wall_time_s(records)
     return {"iterations": max(steps) if steps else None, "val_history": evals,

@@ -15,9 +15,10 @@ import torch
 from msaf_core import Segmenter, read_checkpoint
 from msaf_core.metrics import (TemporalConsistency, confusion, iou_per_class, mean_iou,
                                warp_nearest)
-from msaf_core.train import lr_factor, main as train_main
+from msaf_core.tools.train import main as train_main
+from msaf_core.training import lr_factor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--dim", "16", "--crop", "64", "64", "--batch-size", "2", "--threads", "1",
         "--no-progress", "--log-every", "1", "--amp", "off", "--preset", "scratch",
         "--warmup", "2", "--scale", "0.25", "0.25", "--jitter", "0"]
@@ -70,7 +71,7 @@ def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
     assert "camvid_val_miou" in read_checkpoint(out / "best.pt")["metrics"]
 
     # msaf-export: a deployable float16 checkpoint with the run's record
-    from msaf_core.export import main as export_main
+    from msaf_core.tools.export import main as export_main
     val = tmp_path / "val.json"
     val.write_text(json.dumps({"miou": 0.5, "tc": 0.7, "fps": 3.0, "ignored": 1}))
     dst = tmp_path / "model.pt"
@@ -135,7 +136,7 @@ def test_resume_refuses_another_model_or_recipe_and_runs_are_not_overwritten(min
 def test_last_checkpoint_follows_a_new_best(mini_camvid, tmp_path, monkeypatch):
     """last.pt is written right after a new best.pt (whatever --save-every says), so a resume
     after a crash knows that best and never overwrites best.pt with a worse model."""
-    import msaf_core.train as T
+    import msaf_core.training as T
     saved = []
     real = T.save_checkpoint
 
@@ -154,7 +155,7 @@ def test_torchrun_two_cpu_processes(mini_camvid, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "msaf_core.train", "--data-root", str(mini_camvid), "--out", str(out),
+           "-m", "msaf_core.tools.train", "--data-root", str(mini_camvid), "--out", str(out),
            "--iters", "3", "--eval-every", "0", "--save-every", "3", *TINY, "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -163,6 +164,76 @@ def test_torchrun_two_cpu_processes(mini_camvid, tmp_path):
     assert ts["step"] == 3 and sorted(ts["rng"]) == ["0", "1"]
     assert ts["args"]["batch_size"] == 2
     assert "done at step 3" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def two_drive_camvid(camvid_root, tmp_path_factory):
+    """6 train frames of 0016E5 and 4 of 0006R0 (two drives), 3 val frames."""
+    root = tmp_path_factory.mktemp("camvid2")
+    for split, picks in (("train", (("0016E5", 6), ("0006R0", 4))), ("val", (("0016E5", 3),))):
+        for sub in (split, f"{split}annot"):
+            (root / sub).mkdir()
+        for seq, n in picks:
+            for name in sorted(p.name for p in (camvid_root / split).glob(f"{seq}_*.png"))[:n]:
+                shutil.copy(camvid_root / split / name, root / split / name)
+                shutil.copy(camvid_root / f"{split}annot" / name, root / f"{split}annot" / name)
+    return root
+
+
+def test_train_with_a_held_out_drive_validates_there_first(two_drive_camvid, tmp_path):
+    out = tmp_path / "h"
+    assert train_main(["--data-root", str(two_drive_camvid), "--out", str(out), "--iters", "2",
+                       "--eval-every", "2", "--holdout-seq", "0006R0", *TINY]) == 0
+    evals = [r for r in _log(out) if "eval" in r]
+    assert [r["eval"] for r in evals] == ["holdout:0006R0", "val"]
+    best = read_checkpoint(out / "best.pt")
+    assert best["metrics"]["camvid_holdout:0006R0_miou"] == pytest.approx(evals[0]["miou"])
+    args = read_checkpoint(out / "last.pt")["train_state"]["args"]
+    assert args["holdout_seq"] == ["0006R0"] and args["train_split"] == "train"
+    # the 6 frames of 0016E5 are all it trained on: one epoch is 6 clips
+    assert max(r["epoch"] for r in _log(out) if "loss" in r) == 0
+    # an unknown drive is a clear error, before any training
+    with pytest.raises(SystemExit, match="no sequence named 0007XX"):
+        train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "x"),
+                    "--iters", "1", "--holdout-seq", "0007XX", *TINY])
+
+
+def test_init_starts_from_a_checkpoint_and_records_it(two_drive_camvid, tmp_path):
+    a = tmp_path / "a"
+    assert train_main(["--data-root", str(two_drive_camvid), "--out", str(a), "--iters", "2",
+                       "--eval-every", "0", "--heads", "2", *TINY]) == 0
+    b = tmp_path / "b"
+    # zero learning rate: the run's weights are the initial checkpoint's (BN stats aside)
+    assert train_main(["--data-root", str(two_drive_camvid), "--out", str(b), "--iters", "1",
+                       "--eval-every", "1", "--heads", "2", "--init", str(a / "last.pt"),
+                       "--lr", "0", "--train-split", "train+val", *TINY]) == 0
+    sa = read_checkpoint(a / "last.pt")["state_dict"]
+    sb = read_checkpoint(b / "last.pt")["state_dict"]
+    conv = [k for k in sa if k.endswith("conv1.weight")]
+    assert conv and all(torch.equal(sa[k].float(), sb[k].float()) for k in conv)
+    assert read_checkpoint(b / "last.pt")["train_state"]["init"]["path"] == str(a / "last.pt")
+    assert read_checkpoint(b / "best.pt")["extra"]["init"]["path"] == str(a / "last.pt")
+    # another model is refused
+    with pytest.raises(SystemExit, match="is another model"):
+        train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "c"),
+                    "--iters", "1", "--init", str(a / "last.pt"), *TINY])
+
+
+def test_msaf_eval_selects_drives(two_drive_camvid, tiny_checkpoint, tmp_path):
+    from msaf_core.tools.evaluate import main as eval_main
+    common = ["--data-root", str(two_drive_camvid), "--split", "train", "--checkpoint",
+              str(tiny_checkpoint), "--threads", "1", "--no-tc"]
+    runs = {}
+    for name, sel in (("all", []), ("one", ["--seqs", "0006R0"]),
+                      ("rest", ["--holdout-seq", "0006R0"])):
+        out = tmp_path / f"{name}.json"
+        assert eval_main([*common, *sel, "--json", str(out)]) == 0
+        runs[name] = json.loads(out.read_text())
+    assert (runs["all"]["frames"], runs["one"]["frames"], runs["rest"]["frames"]) == (10, 4, 6)
+    assert runs["one"]["seqs"] == ["0006R0"] and runs["rest"]["holdout_seq"] == ["0006R0"]
+    total = np.array(runs["one"]["confusion"]) + np.array(runs["rest"]["confusion"])
+    np.testing.assert_array_equal(total, np.array(runs["all"]["confusion"]))
+    assert eval_main([*common, "--seqs", "0007XX"]) == 1
 
 
 def test_confusion_matches_hand_count():
@@ -195,7 +266,7 @@ def test_warp_and_temporal_consistency():
 
 
 def test_msaf_eval_cli(mini_camvid, tiny_checkpoint, tmp_path):
-    from msaf_core.evaluate import main as eval_main
+    from msaf_core.tools.evaluate import main as eval_main
     out = tmp_path / "r.json"
     rc = eval_main(["--dataset", "camvid", "--data-root", str(mini_camvid), "--split", "val",
                     "--checkpoint", str(tiny_checkpoint), "--json", str(out), "--threads", "1"])

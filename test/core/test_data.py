@@ -155,3 +155,69 @@ def test_frame_cache_is_bounded(camvid_root):
     assert again[0] is first[0] and again[3] is not first[3]          # cached / decoded anew
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert CamVidClips(camvid_root, "val", cache=False)._cache is None
+
+
+def test_camvid_select_exclude_and_joined_splits(camvid_root):
+    train = CamVidClips(camvid_root, "train")
+    drives = sorted(set(train.sequence_names()))
+    assert drives == ["0001TP", "0006R0", "0016E5"]
+    only = CamVidClips(camvid_root, "train", sequences=["0006R0"])
+    assert set(only.sequence_names()) == {"0006R0"}
+    assert all(it[2].startswith("0006R0_") for it in only.items)
+    rest = CamVidClips(camvid_root, "train", exclude=["0006R0"])
+    assert len(only) + len(rest) == len(train) == 367
+    assert not any(it[2].startswith("0006R0_") for it in rest.items)
+    # train+val: every labelled frame; each split keeps its own sequences (val's frames
+    # never take a train frame as their t-1)
+    both = CamVidClips(camvid_root, "train+val")
+    assert len(both) == 367 + 101
+    val_seqs = [s for s in both.sequences() if both.items[s[0]][0][2].parent.name == "val"]
+    assert len(val_seqs) == 1 and len(val_seqs[0]) == 101
+    assert all(p.parent.name == "val" for i in val_seqs[0] for p in both.items[i][0])
+    with pytest.raises(ValueError, match="no sequence named 0007XX .*it has 0001TP, 0006R0, 0016E5\\)"):
+        CamVidClips(camvid_root, "train", exclude=["0007XX"])
+    with pytest.raises(ValueError, match="no frames left"):
+        CamVidClips(camvid_root, "val", exclude=["0016E5"])
+
+
+@pytest.mark.parametrize("opt", [dict(gamma=0.4), dict(colour=0.1), dict(blur=1.0),
+                                 dict(noise=0.05)])
+def test_each_photometric_change_acts_and_keeps_the_range(opt):
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 24, 24).repeat(3, 1, 1, 1)
+    lab = torch.zeros(24, 24, dtype=torch.long)
+    aug = ClipAugment(crop=None, scale=(1.0, 1.0), flip=False, **opt)
+    fx, fy = aug(x, lab, torch.Generator().manual_seed(1))
+    assert fx.shape == x.shape and torch.equal(fy, lab)
+    assert float(fx.min()) >= 0.0 and float(fx.max()) <= 1.0
+    assert not torch.allclose(fx, x, atol=1e-3)
+    again, _ = aug(x, lab, torch.Generator().manual_seed(1))
+    assert torch.equal(fx, again)                          # reproducible from the generator
+    if "blur" not in opt:                                  # per-frame drift or noise
+        assert not torch.allclose(fx[0], fx[1], atol=1e-4)
+
+
+def test_clip_light_is_shared_and_frames_drift_a_little():
+    """The clip's light is drawn once: frames of one clip differ far less from each other
+    than from the same frames under another clip's light."""
+    x = torch.rand(1, 3, 32, 32).repeat(3, 1, 1, 1)
+    lab = torch.zeros(32, 32, dtype=torch.long)
+    aug = ClipAugment(crop=None, scale=(1.0, 1.0), flip=False, jitter=0.3, gamma=0.4, colour=0.1)
+    within, across = [], []
+    for s in range(20):
+        a, _ = aug(x, lab, torch.Generator().manual_seed(2 * s))
+        b, _ = aug(x, lab, torch.Generator().manual_seed(2 * s + 1))
+        within.append(float((a[0] - a[1]).abs().mean()))
+        across.append(float((a[0] - b[0]).abs().mean()))
+    assert np.mean(within) < 0.5 * np.mean(across)
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    from msaf_core.data import gaussian_blur
+    flat = torch.full((3, 10, 12), 0.3)
+    assert torch.allclose(gaussian_blur(flat, 1.2), flat, atol=1e-6)
+    spot = torch.zeros(1, 21, 21)
+    spot[0, 10, 10] = 1.0
+    out = gaussian_blur(spot, 1.0)
+    assert out.sum() == pytest.approx(1.0, abs=1e-5) and out[0, 10, 10] < 0.2
+    assert torch.allclose(out[0], out[0].T, atol=1e-7)     # separable and symmetric

@@ -153,8 +153,38 @@ def test_ignore_index_and_class_weights_in_loss():
     assert torch.allclose(msaf_loss(out, t, class_weights=w)["loss"], ref)  # one pixel: weight cancels
 
 
+def test_ohem_cross_entropy_keeps_the_hard_pixels():
+    import torch.nn.functional as F
+    from msaf_core.model import ohem_cross_entropy
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7, generator=g) * 3
+    target = torch.randint(0, 5, (2, 6, 7), generator=g)
+    target[0, :2] = 255
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    # a threshold above every probability keeps every labelled pixel: plain cross-entropy
+    assert torch.allclose(ohem_cross_entropy(logits, target, thresh=1.01, min_kept=0.0), ce)
+    # threshold 0: exactly the min_kept hardest pixels (lowest true-class probability)
+    valid = target != 255
+    per = F.cross_entropy(logits, target, ignore_index=255, reduction="none")[valid]
+    k = int(0.25 * int(valid.sum()))
+    hardest = per.sort(descending=True).values[:k].mean()
+    assert torch.allclose(ohem_cross_entropy(logits, target, thresh=0.0, min_kept=0.25), hardest)
+    # class weights: the weighted mean over the kept pixels, as cross_entropy weighs them
+    w = torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0])
+    assert torch.allclose(ohem_cross_entropy(logits, target, weight=w, thresh=1.01, min_kept=0.0),
+                          F.cross_entropy(logits, target, weight=w, ignore_index=255))
+    # nothing labelled: zero, with a gradient path
+    none = torch.full_like(target, 255)
+    z = ohem_cross_entropy(logits.requires_grad_(), none)
+    assert float(z.detach()) == 0.0 and z.requires_grad
+    # msaf_loss with ohem: every term an OHEM CE
+    out = {"out": logits.detach(), "aux_pixel": logits.detach(), "aux_region": logits.detach()}
+    terms = msaf_loss(out, target, ohem=(1.01, 0.0))
+    assert torch.allclose(terms["loss"], 3 * ce)
+
+
 def test_import_msaf_core_pulls_in_no_rclpy():
-    code = ("import sys, msaf_core, msaf_core.train, msaf_core.evaluate; "
+    code = ("import sys, msaf_core, msaf_core.tools.train, msaf_core.tools.evaluate; "
             "bad=[m for m in sys.modules if m.split('.')[0] in ('rclpy','sensor_msgs','std_msgs')]; "
             "assert not bad, bad; print('clean')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 import torch.profiler
 from torch import nn
 
-from .config import MSAFConfig, default_dim
-from .model import MSAF, TransformerBlock, fold_batchnorm, sincos_pos_2d
+from ..config import MSAFConfig, default_dim
+from ..model import MSAF, TransformerBlock, fold_batchnorm, sincos_pos_2d
 
 STAGES = ["preprocess", "backbone", "pst", "att", "state", "assignment", "upsample",
           "postprocess"]
@@ -400,7 +400,7 @@ def bench_dcn(size: tuple, repeats: int, warmup: int, dim: int = 128,
     """torchvision's deform_conv2d against our grid_sample formulation, same inputs."""
     from torchvision.ops import deform_conv2d
 
-    from .model import modulated_deform_conv
+    from ..model import modulated_deform_conv
     w, h = size
     gh, gw = (h + 7) // 8, (w + 7) // 8
     g = torch.Generator().manual_seed(0)

@@ -2,6 +2,7 @@
 
     msaf-eval --dataset camvid --data-root ../shared/camvid --split val [--checkpoint CKPT]
               [--json FILE] [--no-tc] [--size H W] [--device cpu]
+    msaf-eval --data-root ../shared/camvid --split train --seqs 0006R0   # one whole drive
 
 Prints per-class IoU, mIoU, frames per second and, where consecutive frames are video rate,
 temporal consistency (TC) labelled with the flow method.
@@ -12,80 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Dict, Optional
 
-import numpy as np
-
-from .data import ClipDataset, build_dataset
-from .metrics import TemporalConsistency, confusion, format_table, summarize
-
-
-def evaluate_stream(seg, ds: ClipDataset, *, tc: bool = True, max_frames: Optional[int] = None,
-                    progress: bool = False) -> Dict[str, object]:
-    """Score ``seg`` (a :class:`~msaf_core.Segmenter`) on ``ds`` in time order.
-
-    Each sequence starts a fresh stream. Where a sequence's first labelled frame has real
-    predecessors (Cityscapes), they are streamed first, unscored. TC is accumulated over
-    consecutive streamed frames of sequences that ``ds.video_rate(seq)`` says are video rate.
-    """
-    k = ds.num_classes
-    cm = np.zeros((k, k), np.int64)
-    tcm = None
-    if tc:
-        try:
-            tcm = TemporalConsistency(k)
-        except ImportError as e:
-            print(f"[msaf-eval] temporal consistency skipped: {e}", file=sys.stderr)
-    frames = 0
-    t_model = 0.0
-    seqs = ds.sequences()
-    bar = None
-    total = sum(len(s) for s in seqs) if max_frames is None else min(max_frames, sum(len(s) for s in seqs))
-    if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=total, desc="eval", unit="frame", leave=False)
-        except ImportError:
-            bar = None
-    for si, seq in enumerate(seqs):
-        stream = f"seq{si}"
-        seg.reset(stream)
-        prev_img = prev_pred = None
-        video_rate = tc and tcm is not None and ds.video_rate(seq)
-        for pos, idx in enumerate(seq):
-            if max_frames is not None and frames >= max_frames:
-                break
-            clip, label = ds.raw(idx)
-            to_stream = [clip[2]]
-            if pos == 0:
-                paths = ds.items[idx][0]
-                hist = [c for c, p in zip(clip[:2], paths[:2]) if p != paths[2]]
-                to_stream = hist + to_stream
-            for j, img in enumerate(to_stream):
-                t0 = time.perf_counter()
-                pred = seg.segment(img, stream=stream)
-                dt = time.perf_counter() - t0
-                if video_rate and prev_img is not None:
-                    tcm.add(prev_img, img, prev_pred, pred)  # type: ignore[union-attr]
-                prev_img, prev_pred = img, pred
-            t_model += dt  # the scored frame's own time
-            cm += confusion(pred, label, k)
-            frames += 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    res = summarize(cm, ds.class_names)
-    res["frames"] = frames
-    res["fps"] = frames / t_model if t_model > 0 else float("nan")
-    res["confusion"] = cm.tolist()
-    if tcm is not None and tcm.pairs:
-        res["tc"] = tcm.value()
-        res["tc_pairs"] = tcm.pairs
-        res["tc_method"] = tcm.method
-    return res
+from ..data import build_dataset
+from ..evaluation import evaluate_stream
+from ..metrics import format_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["camvid", "cityscapes"], default="camvid")
     p.add_argument("--data-root", required=True, help="dataset folder")
-    p.add_argument("--split", default="val", help="val or test (train also works)")
+    p.add_argument("--split", default="val", help="val or test (train also works; join "
+                   "splits with +)")
+    p.add_argument("--seqs", nargs="+", default=None, metavar="SEQ",
+                   help="score these sequences (drives) only (camvid: e.g. 0006R0)")
+    p.add_argument("--holdout-seq", nargs="+", default=[], metavar="SEQ",
+                   help="leave these sequences out of the score")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -112,8 +49,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from .errors import CheckpointError
-    from .segmenter import Segmenter
+    from ..errors import CheckpointError
+    from ..segmenter import Segmenter
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -124,7 +61,12 @@ def main(argv=None) -> int:
         print(f"msaf-eval: error: {e}", file=sys.stderr)
         return 1
     try:
-        ds = build_dataset(args.dataset, args.data_root, args.split, cache=False)
+        sel = {}
+        if args.seqs or args.holdout_seq:
+            if args.dataset != "camvid":
+                raise ValueError("--seqs/--holdout-seq select CamVid drives")
+            sel = dict(sequences=args.seqs, exclude=tuple(args.holdout_seq))
+        ds = build_dataset(args.dataset, args.data_root, args.split, cache=False, **sel)
     except (FileNotFoundError, ValueError) as e:
         print(f"msaf-eval: error: {e}", file=sys.stderr)
         return 1
@@ -134,10 +76,13 @@ def main(argv=None) -> int:
         return 1
     res = evaluate_stream(seg, ds, tc=not args.no_tc, max_frames=args.max_frames, progress=True)
     ck = seg.checkpoint or {}
-    res.update({"dataset": args.dataset, "split": args.split, "checkpoint": ck.get("path"),
+    res.update({"dataset": args.dataset, "split": args.split, "seqs": args.seqs,
+                "holdout_seq": args.holdout_seq, "checkpoint": ck.get("path"),
                 "device": str(seg.device), "threads": torch.get_num_threads(),
                 "precision": "fp16" if args.half else "bf16" if args.bf16 else "fp32"})
-    print(format_table(res, f"{args.dataset} {args.split}: {res['frames']} frames, "
+    what = args.split + (f" {'+'.join(args.seqs)}" if args.seqs else "") + (
+        f" without {'+'.join(args.holdout_seq)}" if args.holdout_seq else "")
+    print(format_table(res, f"{args.dataset} {what}: {res['frames']} frames, "
                             f"checkpoint {ck.get('path')}"))
     print(f"  {'FPS':<14}{res['fps']:6.2f}  (model time per frame, {seg.device}, "
           f"{torch.get_num_threads()} threads, {res['precision']})")

@@ -1,4 +1,4 @@
-"""Smoke tests of msaf-bench (msaf_core.bench): it runs every mode on tiny inputs and writes
+"""Smoke tests of msaf-bench (msaf_core.tools.bench): it runs every mode on tiny inputs and writes
 figures that hang together. No test asserts a time or a ratio target: those are measured and
 reported (docs/benchmarks.md), never asserted."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from msaf_core import bench
+from msaf_core.tools import bench
 
 
 @pytest.fixture(autouse=True)
