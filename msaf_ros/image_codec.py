@@ -207,7 +207,7 @@ def _gray3(g: np.ndarray) -> np.ndarray:
     return np.repeat(g[:, :, None], 3, axis=2)
 
 
-_BAYER_OFFSETS = {  # (row, col) of R and of B in the 2x2 tile
+BAYER_OFFSETS = {  # (row, col) of R and of B in the 2x2 tile
     "rggb": ((0, 0), (1, 1)), "bggr": ((1, 1), (0, 0)),
     "gbrg": ((1, 0), (0, 1)), "grbg": ((0, 1), (1, 0)),
 }
@@ -227,7 +227,7 @@ def _conv3(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 def _demosaic(raw: np.ndarray, pattern: str) -> np.ndarray:
     """Bilinear demosaic of an (h, w) uint8 Bayer mosaic → (h, w, 3) uint8 RGB."""
     h, w = raw.shape
-    (ry, rx), (by, bx) = _BAYER_OFFSETS[pattern]
+    (ry, rx), (by, bx) = BAYER_OFFSETS[pattern]
     yy = (np.arange(h) % 2)[:, None]
     xx = (np.arange(w) % 2)[None, :]
     r_mask = (yy == ry) & (xx == rx)

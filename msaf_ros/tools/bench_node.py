@@ -37,20 +37,19 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .harness import (EXTRA_OUTPUTS, Harness, add_node_arguments, load_frames, make_harness,
-                      node_report, parse_size, positive, run_program)
+from .harness import (EXTRA_OUTPUTS, Harness, load_frames, make_harness,
+                      node_program_parser, node_report, parse_size, positive, run_program)
 from .report import LABELS, environment, fmt, stats_ms
 
 DEFAULT_DOMAIN = 91
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="msaf-bench-node",
-        description="End-to-end benchmark of segment_node over real DDS: publishes camera "
-                    "frames at given rates and measures labels received, frames dropped and "
-                    "latency (input stamp to labels arrival).")
-    add_node_arguments(p, DEFAULT_DOMAIN)
+    p = node_program_parser(
+        "msaf-bench-node",
+        "End-to-end benchmark of segment_node over real DDS: publishes camera frames at "
+        "given rates and measures labels received, frames dropped and latency (input "
+        "stamp to labels arrival).", DEFAULT_DOMAIN)
     p.add_argument("--rates", type=positive(float), nargs="+", default=[5.0, 10.0, 30.0],
                    help="input rates in Hz, one run each (5 10 30)")
     p.add_argument("--duration", type=positive(float), default=30.0,

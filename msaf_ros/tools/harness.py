@@ -438,8 +438,10 @@ def positive(kind: type) -> Callable[[str], Any]:
     return conv
 
 
-def add_node_arguments(p: argparse.ArgumentParser, domain_id: int) -> None:
-    """The node, frame and run options bench_node and soak share."""
+def node_program_parser(prog: str, description: str, domain_id: int
+                        ) -> argparse.ArgumentParser:
+    """A parser with the node, frame and run options bench_node and soak share."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("--checkpoint", "-c", default="",
                    help="msaf checkpoint for the node ('' = the bundled model)")
     p.add_argument("--device", default="cpu", help="node parameter device (cpu)")
@@ -464,6 +466,7 @@ def add_node_arguments(p: argparse.ArgumentParser, domain_id: int) -> None:
                    help="seconds for the node to start and segment its first frame (180)")
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    return p
 
 
 def make_harness(args: argparse.Namespace, frames: List[np.ndarray],

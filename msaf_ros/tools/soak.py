@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .harness import (Harness, add_node_arguments, load_frames, make_harness, node_report,
+from .harness import (Harness, load_frames, make_harness, node_program_parser, node_report,
                       parse_size, positive, run_program)
 from .report import LABELS, Recording, environment, slope_per_min, stats_ms
 
@@ -48,12 +48,11 @@ EDGE_S = 5.0     # RSS start/end: median of the samples in the first/last 5 s of
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="msaf-soak",
-        description="Soak test of segment_node: --frames frames at --rate Hz; latency must "
-                    "stay bounded, memory flat, every output must match a sent frame; then "
-                    "SIGINT/SIGTERM must end the node cleanly.")
-    add_node_arguments(p, DEFAULT_DOMAIN)
+    p = node_program_parser(
+        "msaf-soak",
+        "Soak test of segment_node: --frames frames at --rate Hz; latency must stay "
+        "bounded, memory flat, every output must match a sent frame; then SIGINT/SIGTERM "
+        "must end the node cleanly.", DEFAULT_DOMAIN)
     p.add_argument("--frames", type=positive(int), default=2000,
                    help="frames published in the measured run (2000)")
     p.add_argument("--rate", type=positive(float), default=30.0, help="input rate, Hz (30)")

@@ -130,7 +130,7 @@ def test_float_nonfinite_and_constant():
 
 
 def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
-    (ry, rx), (by, bx) = ic._BAYER_OFFSETS[pattern]
+    (ry, rx), (by, bx) = ic.BAYER_OFFSETS[pattern]
     h, w = rgb.shape[:2]
     out = rgb[..., 1].copy()
     out[ry::2, rx::2] = rgb[ry::2, rx::2, 0]
