@@ -99,8 +99,13 @@ class SegmentNode:
         if unknown:
             self.log.warning(f"ignoring unknown parameter(s) {', '.join(unknown)}; known: "
                              f"{', '.join(params.USER_PARAMETERS)}")
-        self._diag_timer = n.create_timer(cfg["diagnostics_period"], self._publish_diagnostics)
-        self._log_timer = (n.create_timer(cfg["log_period"], self._log_summary)
+        # Health reporting runs on steady time: with use_sim_time and no /clock (a paused
+        # or absent bag player) ROS-time timers never fire, yet the node is alive.
+        from rclpy.clock import Clock, ClockType  # noqa: PLC0415
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._diag_timer = n.create_timer(cfg["diagnostics_period"], self._publish_diagnostics,
+                                          clock=steady)
+        self._log_timer = (n.create_timer(cfg["log_period"], self._log_summary, clock=steady)
                            if cfg["log_period"] > 0 else None)
         kind = "sensor_msgs/CompressedImage" if compressed else "sensor_msgs/Image"
         self.log.info(f"listening on {self.input_topic} ({kind}, {cfg['qos_reliability']}); "

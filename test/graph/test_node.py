@@ -502,3 +502,23 @@ def test_unknown_parameter_is_warned(tiny_checkpoint):
         assert n.wait_for("ignoring unknown parameter(s) overlay_alpah", 10), n.output
     finally:
         n.close()
+
+
+def test_health_reporting_on_steady_time_under_sim_time(tiny_checkpoint, probe):
+    """use_sim_time:=true with no /clock: ROS time stands still at 0, yet /diagnostics and
+    the log summary keep coming (their timers run on steady time)."""
+    n = NodeProcess({"checkpoint": str(tiny_checkpoint), "use_sim_time": True,
+                     "diagnostics_period": 0.2, "log_period": 0.5},
+                    DOMAIN, args=["-r", "__ns:=/simtime"]).start()
+    try:
+        n.wait_ready()
+        box = probe.subscribe(DiagnosticArray, "/diagnostics")
+        start = len(box)
+
+        def ours():
+            return [a for a in box[start:] for s in a.status if s.name.startswith("simtime/")]
+        assert probe.spin_until(lambda: len(ours()) >= 2, 30), n.output[-2000:]
+        assert stamp_of(ours()[0]) == 0            # sim time: no /clock has come
+        assert n.wait_for("cache resets, 0 errors", 30), n.output[-2000:]   # the log summary
+    finally:
+        n.close()
