@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -37,7 +37,9 @@ from .errors import ImageDecodeError
 
 __all__ = [
     "ImageDecodeError", "Encoding", "ENCODINGS", "SUPPORTED_ENCODINGS", "ENCODABLE",
-    "encoding_info", "check_image", "image_to_rgb", "compressed_to_rgb", "image_fields",
+    "encoding_info", "check_image", "image_to_rgb", "check_compressed", "compressed_header",
+    "compressed_to_rgb", "COMPRESSED_FORMATS", "MAX_PIXELS_DEFAULT", "max_message_bytes",
+    "image_fields",
     "rgb_to_image",
     "labels_to_image", "build_image",
 ]
@@ -125,6 +127,8 @@ def _as_bytes(data: Any) -> np.ndarray:
             raise ImageDecodeError(f"data cannot be read as bytes ({e})", "data") from None
     if isinstance(data, str):
         raise ImageDecodeError("data is a str, expected bytes", "data")
+    if isinstance(data, (int, float, np.number)):   # bytes(n) would allocate n zero bytes
+        raise ImageDecodeError(f"data is a {type(data).__name__}, expected bytes", "data")
     try:
         return np.frombuffer(bytes(data), dtype=np.uint8)
     except (TypeError, ValueError, OverflowError) as e:
@@ -191,7 +195,13 @@ def _samples(enc: Encoding, rows: np.ndarray, h: int, w: int, big: bool) -> np.n
 
 def _float_to_u8(rows: np.ndarray, h: int, w: int, big: bool) -> np.ndarray:
     dt = np.dtype(">f4" if big else "<f4")
-    v = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float32)
+    return _float_to_u8_array(np.ascontiguousarray(rows).view(dt).reshape(h, w))
+
+
+def _float_to_u8_array(v: np.ndarray) -> np.ndarray:
+    """(h, w) floats → uint8 scaled from [min, max] of the finite values; NaN/inf → 0."""
+    v = v.astype(np.float32)
+    h, w = v.shape
     finite = np.isfinite(v)
     out = np.zeros((h, w), np.uint8)
     if finite.any():
@@ -321,12 +331,30 @@ def _cv2():
 
 _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND"
+_TIFF_STARTS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+#: Compressed formats the decoders accept: the ones whose size :func:`compressed_header`
+#: reads from the header, so that a frame is measured before a byte of it is decoded.
+COMPRESSED_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WebP")
+#: Largest frame (width × height) the compressed decoder takes when its caller sets no limit
+#: (``max_pixels=None``): 64 Mpx, about 200 MB of RGB.
+MAX_PIXELS_DEFAULT = 1 << 26
+#: Bytes per pixel of the widest raw encoding (rgba16): ``max_pixels × this`` bounds the size
+#: of any message the node accepts (see :func:`max_message_bytes`).
+MAX_BYTES_PER_PIXEL = 8
+
+
+def max_message_bytes(max_pixels: int) -> int:
+    """The largest message (data bytes) worth taking when frames may have ``max_pixels``
+    pixels: the widest encoding (8 bytes per pixel) at that size, plus 1 MiB of row padding.
+    0 (no pixel limit) = no byte limit either."""
+    return int(max_pixels) * MAX_BYTES_PER_PIXEL + (1 << 20) if max_pixels else 0
 
 
 def _compressed_payload(msg: Any) -> tuple:
     """(payload bytes as uint8 array, lower-case format) of a CompressedImage."""
     buf = _as_bytes(getattr(msg, "data", None))
-    fmt = str(getattr(msg, "format", "") or "").lower()
+    fmt = str(getattr(msg, "format", "") or "")[:200].lower()    # for the checks and errors
     if buf.size == 0:
         raise ImageDecodeError("compressed image has no data", "compressed")
     if "compresseddepth" in fmt and buf.size > 12:
@@ -334,13 +362,138 @@ def _compressed_payload(msg: Any) -> tuple:
     return buf, fmt
 
 
-def check_compressed(msg: Any) -> None:
+def _u(b: Any, off: int, n: int, order: str = "big") -> int:
+    """The unsigned integer of ``n`` bytes at ``off`` of ``b`` (bytes or a memoryview)."""
+    if off < 0 or off + n > len(b):
+        raise ImageDecodeError("header is truncated", "compressed")
+    return int.from_bytes(b[off:off + n], order)
+
+
+def _jpeg_size(b: Any) -> tuple:
+    """(width, height) from the first start-of-frame segment before the scan."""
+    i = 2
+    while True:
+        if _u(b, i, 1) != 0xFF:
+            raise ImageDecodeError(f"JPEG marker expected at byte {i}", "compressed")
+        while _u(b, i, 1) == 0xFF:               # fill bytes
+            i += 1
+        marker = _u(b, i, 1)
+        i += 1
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            continue                              # no length field
+        if marker in (0xD9, 0xDA):
+            raise ImageDecodeError("JPEG has no frame header (SOF) before its scan",
+                                   "compressed")
+        length = _u(b, i, 2)
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            h, w = _u(b, i + 3, 2), _u(b, i + 5, 2)
+            if h == 0:
+                raise ImageDecodeError("JPEG frame header gives height 0 (DNL is not "
+                                       "supported)", "compressed")
+            return w, h
+        if length < 2:
+            raise ImageDecodeError(f"JPEG segment of length {length}", "compressed")
+        i += length
+
+
+def _tiff_size(b: Any) -> tuple:
+    """(width, height) of the first image (IFD) of a TIFF or BigTIFF file."""
+    order = "little" if bytes(b[:2]) == b"II" else "big"
+    big = _u(b, 2, 2, order) == 43
+    if big:
+        ifd, count_n, entry_n, val_off = _u(b, 8, 8, order), 8, 20, 12
+    else:
+        ifd, count_n, entry_n, val_off = _u(b, 4, 4, order), 2, 12, 8
+    n = _u(b, ifd, count_n, order)
+    if n > 4096:
+        raise ImageDecodeError(f"TIFF directory of {n} entries", "compressed")
+    tags: Dict[int, int] = {}
+    for k in range(n):
+        e = ifd + count_n + k * entry_n
+        tag, typ = _u(b, e, 2, order), _u(b, e + 2, 2, order)
+        if tag in (256, 257, 277):               # ImageWidth, ImageLength, SamplesPerPixel
+            size = {3: 2, 4: 4, 16: 8}.get(typ)
+            if size is None:
+                raise ImageDecodeError(f"TIFF tag {tag} has type {typ}", "compressed")
+            tags[tag] = _u(b, e + val_off, size, order)
+    if 256 not in tags or 257 not in tags:
+        raise ImageDecodeError("TIFF has no ImageWidth/ImageLength", "compressed")
+    if tags.get(277, 1) > 4:
+        raise ImageDecodeError(f"TIFF has {tags[277]} samples per pixel (at most 4 are "
+                               f"supported)", "compressed")
+    return tags[256], tags[257]
+
+
+def _bmp_size(b: bytes) -> tuple:
+    if _u(b, 14, 4, "little") == 12:             # OS/2 BITMAPCOREHEADER
+        return _u(b, 18, 2, "little"), _u(b, 20, 2, "little")
+    w = int.from_bytes(b[18:22], "little", signed=True)
+    h = int.from_bytes(b[22:26], "little", signed=True)    # negative: rows top-down
+    return abs(w), abs(h)
+
+
+def _webp_size(b: bytes) -> tuple:
+    kind = b[12:16]
+    if kind == b"VP8X":
+        return _u(b, 24, 3, "little") + 1, _u(b, 27, 3, "little") + 1
+    if kind == b"VP8L":
+        if _u(b, 20, 1) != 0x2F:
+            raise ImageDecodeError("WebP lossless signature missing", "compressed")
+        v = _u(b, 21, 4, "little")
+        return (v & 0x3FFF) + 1, ((v >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 ":
+        if b[23:26] != b"\x9d\x01\x2a":
+            raise ImageDecodeError("WebP start code missing", "compressed")
+        return _u(b, 26, 2, "little") & 0x3FFF, _u(b, 28, 2, "little") & 0x3FFF
+    raise ImageDecodeError(f"WebP chunk {kind!r} is not VP8, VP8L or VP8X", "compressed")
+
+
+def compressed_header(data: Any) -> tuple:
+    """``(format, width, height)`` read from the header of compressed image bytes (a
+    CompressedImage's payload), without decoding: JPEG (the frame header, SOF), PNG (IHDR),
+    TIFF (the first directory), BMP and WebP. Raises :class:`ImageDecodeError` (reason
+    ``compressed``) for any other format and for headers that cannot be read."""
+    buf = _as_bytes(data)
+    b = buf[:64].tobytes()                       # the signatures and the short headers
+    whole = memoryview(buf)                      # JPEG and TIFF headers may lie further in
+    try:
+        if b.startswith(_JPEG_START):
+            return ("JPEG",) + _jpeg_size(whole)
+        if b.startswith(_PNG_START):
+            if b[12:16] != b"IHDR":
+                raise ImageDecodeError("PNG does not start with IHDR", "compressed")
+            return "PNG", _u(b, 16, 4), _u(b, 20, 4)
+        if b[:4] in _TIFF_STARTS:
+            return ("TIFF",) + _tiff_size(whole)
+        if b.startswith(b"BM") and len(b) >= 26:
+            return ("BMP",) + _bmp_size(b)
+        if b.startswith(b"RIFF") and b[8:12] == b"WEBP":
+            return ("WebP",) + _webp_size(b)
+    except ImageDecodeError as e:
+        raise ImageDecodeError(f"unreadable image header ({e})", "compressed") from None
+    raise ImageDecodeError(f"{buf.size} bytes of compressed data in no format the node reads "
+                           f"(it reads {', '.join(COMPRESSED_FORMATS)})", "compressed")
+
+
+def _check_pixels(kind: str, w: int, h: int, max_pixels: int) -> None:
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"{kind} header gives an image of {w}x{h}", "empty")
+    if max_pixels and w * h > max_pixels:
+        raise ImageDecodeError(f"{kind} header gives {w}x{h} = {w * h} pixels, above "
+                               f"max_pixels = {max_pixels} (not decoded)", "too-large")
+
+
+def check_compressed(msg: Any, max_pixels: int = 0) -> tuple:
     """Cheap checks of a sensor_msgs/CompressedImage, without decoding (the node runs them in
     the subscription callback, so that a broken frame never displaces a good one waiting for
-    the model): data present; a JPEG payload ends with its end-of-image marker and a PNG
-    payload with its IEND chunk (a truncated transfer fails here); a format naming JPEG or
-    PNG holds such data. Other formats pass (the decoder judges them). Raises
-    :class:`ImageDecodeError` (reason ``compressed``)."""
+    the model): data present; a format the decoder reads (:data:`COMPRESSED_FORMATS`) with a
+    readable header; a JPEG payload ends with its end-of-image marker and a PNG payload with
+    its IEND chunk (a truncated transfer fails here); a format naming JPEG or PNG holds such
+    data; and the size the header declares is at most ``max_pixels`` (0 = no limit).
+
+    Returns ``(format, height, width)`` as the header declares them. Raises
+    :class:`ImageDecodeError`: reason ``compressed``, ``empty`` (a 0-pixel header) or
+    ``too-large``."""
     buf, fmt = _compressed_payload(msg)
     head, tail = buf[:8].tobytes(), buf[-1024:].tobytes()   # end markers: allow padding
     if head.startswith(_JPEG_START):
@@ -354,17 +507,59 @@ def check_compressed(msg: Any) -> None:
     elif any(k in fmt for k in ("jpeg", "jpg", "png")):
         raise ImageDecodeError(f"format {fmt!r} but the {buf.size} bytes are neither JPEG nor "
                                f"PNG data", "compressed")
+    kind, w, h = compressed_header(buf)
+    _check_pixels(kind, w, h, max_pixels)
+    return kind, h, w
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png, ...) → new H×W×3 uint8 RGB array.
+def _flip_channels(fmt: str) -> bool:
+    """Whether a decoded colour image is BGR (OpenCV's order) rather than RGB.
 
-    Uses OpenCV when importable, else Pillow. 16-bit PNGs are reduced to 8 bits.
+    compressed_image_transport's rule: a format ``"<encoding>; <codec> compressed <target>"``
+    with a colour encoding holds BGR exactly when it says ``compressed bgr``
+    (``"rgb8; jpeg compressed bgr8"``); otherwise (``"rgb8; tiff compressed "``) the pixels
+    were stored in the image's own RGB order. A format without ``;`` (``"jpeg"``) is BGR,
+    as OpenCV writes it."""
+    enc, sep, rest = fmt.partition(";")
+    if not sep:
+        return True
+    if enc.strip() not in ("rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16",
+                           "bgra16"):
+        return True                    # mono/depth or unknown: grey, or OpenCV's order
+    return "compressed bgr" in rest
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    """Decoded samples → uint8, as the raw decoder does: 16 bit ``>> 8``, float min-max."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    if img.dtype.kind == "f":
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[..., 0]
+        if img.ndim == 2:
+            return _float_to_u8_array(img)
+        return np.stack([_float_to_u8_array(img[..., c]) for c in range(img.shape[2])], -1)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def compressed_to_rgb(msg: Any, max_pixels: Optional[int] = None) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG, PNG, TIFF, BMP, WebP) → new H×W×3 uint8 RGB array.
+
+    The header is read first and a frame of more than ``max_pixels`` pixels is refused
+    without decoding (reason ``too-large``; None = :data:`MAX_PIXELS_DEFAULT`, 0 = no limit).
+    Uses OpenCV when importable, else Pillow. 16-bit images are reduced to 8 bits with
+    ``>> 8`` and float images (``32FC1; tiff``) scaled per frame from [min, max], as raw
+    images are. Channel order follows compressed_image_transport (:func:`_flip_channels`).
     ``compressedDepth`` payloads (a 12-byte header before the PNG) are accepted too.
     Raises :class:`ImageDecodeError` when the data cannot be decoded.
     """
     try:
         buf, fmt = _compressed_payload(msg)
+        kind, w, h = compressed_header(buf)
+        _check_pixels(kind, w, h, MAX_PIXELS_DEFAULT if max_pixels is None else max_pixels)
+        bgr = _flip_channels(fmt)
         cv2 = _cv2()
         if cv2 is not None:
             img = None
@@ -375,29 +570,32 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
             if img is None or img.size == 0:
                 raise ImageDecodeError(f"cannot decode {buf.size} bytes of compressed data "
                                        f"(format {fmt or 'unset'!r})", "compressed")
-            if img.dtype == np.uint16:
-                img = (img >> 8).astype(np.uint8)
-            elif img.dtype != np.uint8:
-                img = np.clip(img, 0, 255).astype(np.uint8)
+            img = _to_u8(img)
             if img.ndim == 2:
                 return _gray3(img)
-            if img.shape[2] == 1:
+            if img.shape[2] < 3:
                 return _gray3(img[..., 0])
-            return np.ascontiguousarray(img[..., 2::-1] if img.shape[2] >= 3 else
-                                        _gray3(img[..., 0]))
+            return np.ascontiguousarray(img[..., 2::-1] if bgr else img[..., :3])
         import io  # noqa: PLC0415
         from PIL import Image as PILImage  # noqa: PLC0415
         try:
             with PILImage.open(io.BytesIO(buf.tobytes())) as im:
-                if im.mode in ("I;16", "I;16B", "I"):
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     a = np.asarray(im).astype(np.uint32) >> 8
                     return _gray3(np.clip(a, 0, 255).astype(np.uint8))
-                return np.array(im.convert("RGB"), dtype=np.uint8)
+                if im.mode == "F":
+                    return _gray3(_float_to_u8_array(np.asarray(im, np.float32)))
+                rgb = np.array(im.convert("RGB"), dtype=np.uint8)
+                # Pillow gives the file's RGB: the reverse of OpenCV's order.
+                return rgb if bgr else np.ascontiguousarray(rgb[..., ::-1])
         except Exception as e:  # noqa: BLE001
             raise ImageDecodeError(f"cannot decode {buf.size} bytes of compressed data "
                                    f"(format {fmt or 'unset'!r}: {e})", "compressed") from None
     except ImageDecodeError:
         raise
+    except MemoryError:
+        raise ImageDecodeError("compressed image too large to decode (out of memory)",
+                               "too-large") from None
     except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"cannot decode compressed image ({type(e).__name__}: {e})",
                                "compressed") from None

@@ -7,6 +7,7 @@ stream's feature cache was reset (``RESET_TEXT``), each with the words its log l
 from __future__ import annotations
 
 import collections
+import hashlib
 import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -16,7 +17,7 @@ BAD_TEXT = {
     "encoding": "unknown encoding", "empty": "empty image", "step": "step too small",
     "length": "data length is not height*step", "fields": "malformed message",
     "data": "unreadable data", "compressed": "undecodable compressed image",
-    "too-small": "too small for the model", "too-large": "above max_pixels",
+    "too-small": "too small for the model", "too-large": "larger than max_pixels allows",
 }
 
 #: Why a stream's feature cache was reset (Segmenter.on_reset) -> words for the log.
@@ -88,26 +89,88 @@ class LatestSlot:
         return self._closed
 
 
-class Throttle:
-    """Lets one message per key through every ``period`` seconds; counts the rest."""
+#: frame_ids up to this length are used as they are; longer ones by :func:`stream_key`.
+MAX_ID_CHARS = 256
 
-    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+
+def stream_key(frame_id: Any) -> str:
+    """The name the node keeps a camera's state under: its frame_id, or for a frame_id
+    longer than :data:`MAX_ID_CHARS` its first 64 characters and a 64-bit hash of the rest,
+    so no per-camera table holds a huge id (a 10 MB frame_id costs 100 bytes)."""
+    fid = frame_id if isinstance(frame_id, str) else str(frame_id)
+    if len(fid) <= MAX_ID_CHARS:
+        return fid
+    digest = hashlib.blake2b(fid.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{fid[:64]}...<{len(fid)} chars #{digest}>"
+
+
+def shorten(text: Any, limit: int = 80) -> str:
+    """``text`` for a log line: control characters escaped (no forged log lines), at most
+    ``limit`` characters, a cut one marked with its length and a hash that tells ids
+    apart."""
+    t = str(text)
+    if len(t) > 4 * limit:
+        t = stream_key(t) if len(t) > MAX_ID_CHARS else t
+    t = t.encode("unicode_escape").decode("ascii") if not t.isprintable() else t
+    if len(t) <= limit:
+        return t
+    digest = hashlib.blake2b(t.encode(), digest_size=4).hexdigest()
+    return f"{t[:limit - 24]}...<{len(t)} chars #{digest}>"
+
+
+class Throttle:
+    """Lets one message per key through every ``period`` seconds; counts the rest.
+
+    At most ``max_keys`` keys are remembered. When that many have logged within the period,
+    a new key shares one slot with every other overflowing key of its ``group`` (e.g. the
+    kind of bad frame): thousands of cameras sending bad frames give one line per group and
+    period, not one each, and the table never grows past ``max_keys`` + the groups."""
+
+    def __init__(self, period: float, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 64) -> None:
         self.period = float(period)
+        self.max_keys = max(1, int(max_keys))
         self._clock = clock
-        self._last: Dict[str, float] = {}
-        self._suppressed: Dict[str, int] = collections.Counter()
+        self._last: "collections.OrderedDict[Any, float]" = collections.OrderedDict()
+        self._suppressed: Dict[Any, int] = collections.Counter()
         self._lock = threading.Lock()
 
-    def __call__(self, key: str) -> Optional[int]:
+    def __call__(self, key: str, group: str = "") -> Optional[int]:
         """None: stay quiet. Otherwise log now; the value is how many were suppressed."""
+        r = self.check(key, group)
+        return None if r is None else r[0]
+
+    def check(self, key: str, group: str = "") -> Optional[Tuple[int, bool]]:
+        """Like calling it; when it logs: (suppressed, shared), ``shared`` True when the
+        line stands for ``key``'s group (the key table was full)."""
         now = self._clock()
         with self._lock:
+            shared = False
+            if key not in self._last and len(self._last) >= self.max_keys:
+                self._expire(now)
+                if len(self._last) >= self.max_keys:
+                    key, shared = (group, "*"), True
             last = self._last.get(key)
             if last is not None and now - last < self.period:
                 self._suppressed[key] += 1
                 return None
             self._last[key] = now
-            return self._suppressed.pop(key, 0)
+            self._last.move_to_end(key)
+            return self._suppressed.pop(key, 0), shared
+
+    def _expire(self, now: float) -> None:
+        """Forget keys whose period is over (they log at once when they come back; what
+        they had suppressed is still in the node's counters)."""
+        while self._last:
+            key, t = next(iter(self._last.items()))
+            if now - t < self.period:
+                return
+            self._last.popitem(last=False)
+            self._suppressed.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._last)
 
 
 class _Window:
@@ -127,9 +190,16 @@ class _Window:
 
 
 class Stats:
-    """Counters of the node, safe to update from the callback and the worker thread."""
+    """Counters of the node, safe to update from the callback and the worker thread.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Every frame received ends as exactly one of processed, dropped stale, bad or failed
+    (an inference error), or is still waiting in a slot or on the model (``in_flight``):
+    ``received = processed + dropped_stale + bad + errors + in_flight``. Per-stream state
+    is bounded: the ``max_streams`` streams processed most recently are remembered;
+    ``streams`` in a snapshot counts those seen within ``live_s`` seconds."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_streams: int = 1024,
+                 live_s: float = 10.0) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self.received = 0
@@ -140,7 +210,11 @@ class Stats:
         self.errors = 0
         self.last_error = ""
         self.last_bad = ""
-        self.streams: Dict[str, int] = collections.Counter()
+        self.max_streams = max(1, int(max_streams))
+        self.live_s = float(live_s)
+        #: stream -> when it was last processed (the most recent max_streams streams)
+        self.streams: "collections.OrderedDict[str, float]" = collections.OrderedDict()
+        self.streams_started = 0        # streams new to the table (again after eviction)
         self.published: Dict[str, int] = collections.Counter()  # per output topic
         self._proc_total = _Window()
         self._start = clock()
@@ -175,7 +249,12 @@ class Stats:
     def on_processed(self, stream: str, proc_s: float, latency_s: Optional[float]) -> None:
         with self._lock:
             self.processed += 1
-            self.streams[stream] += 1
+            if stream not in self.streams:
+                self.streams_started += 1
+            self.streams[stream] = self._clock()
+            self.streams.move_to_end(stream)
+            while len(self.streams) > self.max_streams:
+                self.streams.popitem(last=False)
             self._proc_total.add(proc_s)
             for proc, lat in self._windows.values():
                 proc.add(proc_s)
@@ -199,7 +278,10 @@ class Stats:
                 dropped_stale=self.dropped_stale, bad=bad_total, bad_by_reason=dict(self.bad),
                 resets=sum(self.resets.values()), resets_by_reason=dict(self.resets),
                 errors=self.errors, last_error=self.last_error, last_bad=self.last_bad,
-                streams=len(self.streams), published=dict(self.published),
+                streams=sum(1 for t in self.streams.values() if now - t <= self.live_s),
+                streams_started=self.streams_started, published=dict(self.published),
+                in_flight=self.received - self.processed - self.dropped_stale - bad_total
+                - self.errors,
                 input_rate_hz=(self.received - r0) / dt, output_rate_hz=(self.processed - p0) / dt,
                 period_bad=bad_total - b0, period_errors=self.errors - e0,
                 period_processed=self.processed - p0,

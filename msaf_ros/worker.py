@@ -28,7 +28,7 @@ from . import image_codec as ic
 from .errors import ImageDecodeError, first_line
 from .msgs import stamp_ns
 from .params import MIN_SIDE
-from .runtime import BAD_TEXT, RESET_TEXT, LatestSlot, Stats, Throttle
+from .runtime import BAD_TEXT, RESET_TEXT, LatestSlot, Stats, Throttle, shorten, stream_key
 
 #: publish(header, rgb, labels): send the results of one frame (called on the worker thread).
 Publish = Callable[[Any, np.ndarray, np.ndarray], None]
@@ -39,13 +39,18 @@ class InferenceWorker:
 
     ``log`` has ``info``/``warning``/``error`` (an rclpy logger); ``now_ns`` is the clock
     latency is measured against (the node's, so ``use_sim_time`` applies). Each frame_id is
-    a stream of the segmenter; ``max_streams`` bounds the slots and the names remembered.
+    a stream of the segmenter (under :func:`~msaf_ros.runtime.stream_key`, so a huge
+    frame_id is kept as a short name); ``max_streams`` bounds the slots, the names
+    remembered, the warning throttle's table and the streams counted. Log lines show ids
+    shortened. Messages above ``max_message_bytes`` (default: from ``max_pixels``, see
+    :func:`~msaf_ros.image_codec.max_message_bytes`; 0 = no limit) and compressed frames
+    whose header declares more than ``max_pixels`` are dropped before decoding.
     """
 
     def __init__(self, segmenter: Any, publish: Publish, *, stats: Stats, log: Any,
                  compressed: bool = False, max_pixels: int = 0, max_streams: int = 16,
                  warn_period: float = 5.0, now_ns: Callable[[], int] = time.time_ns,
-                 input_topic: str = "") -> None:
+                 input_topic: str = "", max_message_bytes: Optional[int] = None) -> None:
         self.seg = segmenter
         self.publish = publish
         self.stats = stats
@@ -53,10 +58,13 @@ class InferenceWorker:
         self.compressed = compressed
         self.max_pixels = int(max_pixels)
         self.max_streams = int(max_streams)
+        self.max_message_bytes = (ic.max_message_bytes(self.max_pixels)
+                                  if max_message_bytes is None else int(max_message_bytes))
         self.now_ns = now_ns
         self.input_topic = input_topic          # for log lines; set once subscribed
         self.slot = LatestSlot(max_keys=max_streams)   # one newest-frame slot per camera
-        self._throttle = Throttle(warn_period)
+        self._throttle = Throttle(warn_period, max_keys=4 * self.max_streams)
+        stats.max_streams = max(1, self.max_streams)
         self._known: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -67,15 +75,18 @@ class InferenceWorker:
         """Check ``msg`` without decoding it and put it in its camera's slot."""
         self.stats.on_received()
         try:
+            self.check_bytes(msg)
             if self.compressed:
-                ic.check_compressed(msg)        # empty or truncated payloads: no decoding
+                # framing and the header's size, no decoding: a bomb is dropped here
+                _, h, w = ic.check_compressed(msg, self.max_pixels)
             else:
                 _, h, w = ic.check_image(msg)   # layout only, no pixel copied
-                self.check_size(h, w)
+            self.check_size(h, w)
         except ImageDecodeError as e:
             self._bad(e, msg)                   # a bad frame never evicts a waiting good one
             return
-        replaced, old = self.slot.put((msg, time.monotonic()), key=msg.header.frame_id)
+        replaced, old = self.slot.put((msg, time.monotonic()),
+                                      key=stream_key(msg.header.frame_id))
         if replaced:
             self.stats.on_dropped_stale()
             # the skipped frame still shows the stream is alive: the gap rule measures
@@ -83,7 +94,20 @@ class InferenceWorker:
             old_header = old[0].header
             old_stamp = stamp_ns(old_header.stamp)
             if old_stamp:
-                self.seg.observe(old_header.frame_id, old_stamp)
+                self.seg.observe(stream_key(old_header.frame_id), old_stamp)
+
+    def check_bytes(self, msg: Any) -> None:
+        """ImageDecodeError ('too-large') for a message above ``max_message_bytes``."""
+        if not self.max_message_bytes:
+            return
+        try:
+            n = len(msg.data)
+        except Exception:  # noqa: BLE001 - no or odd data: the layout checks say why
+            return
+        if n > self.max_message_bytes:
+            raise ImageDecodeError(f"message data is {n} bytes, above {self.max_message_bytes}"
+                                   f" (max_pixels x {ic.MAX_BYTES_PER_PIXEL} bytes + 1 MiB; "
+                                   f"raise max_pixels, 0 = no limit)", "too-large")
 
     def check_size(self, h: int, w: int) -> None:
         """ImageDecodeError ('too-small', 'too-large') for frames the node does not take."""
@@ -123,14 +147,14 @@ class InferenceWorker:
                 self.stats.on_error(first_line(e))
                 if self._throttle("error") is not None:
                     self.log.error(f"inference failed on a frame from "
-                                   f"'{msg.header.frame_id}': {first_line(e)}")
+                                   f"'{shorten(msg.header.frame_id)}': {shorten(first_line(e), 300)}")
 
     def process(self, msg: Any) -> None:
         """Decode, segment and publish one frame (the worker thread's work)."""
         t0 = time.perf_counter()
         try:
             if self.compressed:
-                rgb = ic.compressed_to_rgb(msg)
+                rgb = ic.compressed_to_rgb(msg, max_pixels=self.max_pixels)
                 self.check_size(*rgb.shape[:2])
             else:
                 rgb = ic.image_to_rgb(msg)
@@ -140,7 +164,7 @@ class InferenceWorker:
         if self._stop.is_set():
             return
         header = msg.header
-        stream, stamp = header.frame_id, stamp_ns(header.stamp)
+        stream, stamp = stream_key(header.frame_id), stamp_ns(header.stamp)
         self._note_stream(stream, rgb)
         # A zero stamp means "unset": no time-based cache resets for such publishers.
         labels = self.seg.segment(rgb, stream=stream, stamp_ns=stamp or None)
@@ -159,18 +183,28 @@ class InferenceWorker:
         self._known[stream] = None
         if len(self._known) > 4 * self.max_streams:
             self._known.popitem(last=False)
-        self.log.info(f"new stream '{stream}' ({rgb.shape[1]}x{rgb.shape[0]})")
+        if self._throttle.check(f"new:{stream}", "new-stream") is not None:
+            self.log.info(f"new stream '{shorten(stream)}' ({rgb.shape[1]}x{rgb.shape[0]})")
 
     def _bad(self, e: ImageDecodeError, msg: Any) -> None:
-        self.stats.on_bad(e.reason, str(e))
-        fid = getattr(getattr(msg, "header", None), "frame_id", "?")
-        n = self._throttle(f"bad:{e.reason}:{fid}")   # per kind and camera
-        if n is not None:
+        text = shorten(e, 300)
+        self.stats.on_bad(e.reason, text)
+        try:
+            fid = stream_key(msg.header.frame_id)
+        except Exception:  # noqa: BLE001 - a message without a usable header
+            fid = "?"
+        r = self._throttle.check(f"bad:{e.reason}:{fid}", e.reason)   # per kind and camera
+        if r is None:
+            return
+        n, shared = r
+        if shared:     # more cameras than the throttle remembers: one line for all of them
+            more = f" ({n} more of this kind from any camera since the last such line)"
+        else:
             more = f" ({n} more of this kind since the last warning)" if n else ""
-            self.log.warning(f"dropped a bad frame from '{fid}' on {self.input_topic} "
-                             f"({BAD_TEXT.get(e.reason, e.reason)}): {e}{more}")
+        self.log.warning(f"dropped a bad frame from '{shorten(fid)}' on {self.input_topic} "
+                         f"({BAD_TEXT.get(e.reason, e.reason)}): {text}{more}")
 
     def _on_reset(self, stream: str, reason: str) -> None:
         self.stats.on_reset(reason)
-        self.log.info(f"stream '{stream}': feature cache reset, "
+        self.log.info(f"stream '{shorten(stream)}': feature cache reset, "
                       f"{RESET_TEXT.get(reason, reason)}")

@@ -226,7 +226,10 @@ def test_check_compressed_catches_truncated_and_mislabelled_data(ext, val_frames
         with pytest.raises(ImageDecodeError, match=why) as e:
             check_compressed(types.SimpleNamespace(format=fmt, data=bad))
         assert e.value.reason == "compressed"
-    check_compressed(types.SimpleNamespace(format="tiff", data=b"II*\0 other formats pass"))
+    # a format the decoder reads must have a readable header (its size is checked from it)
+    with pytest.raises(ImageDecodeError, match="header") as e:
+        check_compressed(types.SimpleNamespace(format="tiff", data=b"II*\0 no directory"))
+    assert e.value.reason == "compressed"
 
 
 def test_compressed_gray_and_16bit():
@@ -336,3 +339,116 @@ def test_property_compressed_garbage(data, fmt):
     except ImageDecodeError:
         return
     assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
+
+
+# -- compressed headers: sizes before decoding (issue 16) ------------------------------------
+def _spy_decoders(monkeypatch):
+    """Make any decoding fail the test: OpenCV's imdecode and Pillow's open raise."""
+    def boom(*a, **k):
+        raise AssertionError("the decoder was called")
+    monkeypatch.setattr(ic, "_cv2", lambda: types.SimpleNamespace(
+        imdecode=boom, IMREAD_UNCHANGED=-1, error=RuntimeError))
+    from PIL import Image
+    monkeypatch.setattr(Image, "open", boom)
+
+
+@pytest.mark.parametrize("bomb", ["png", "jpeg"])
+def test_compressed_bombs_are_refused_from_their_header(bomb, monkeypatch):
+    """A 109 KB PNG and a 1 KB JPEG that declare 30000x30000 pixels are refused from the size
+    in their header (IHDR, SOF), before a byte is decoded (decoding took 4-6 GB)."""
+    from msaf_ros.tools.hostile import jpeg_bomb, png_bomb
+    data = png_bomb() if bomb == "png" else jpeg_bomb()
+    m = types.SimpleNamespace(format=bomb, data=data)
+    _spy_decoders(monkeypatch)
+    with pytest.raises(ImageDecodeError, match="30000x30000 .*max_pixels = 8388608") as e:
+        check_compressed(m, max_pixels=8_388_608)
+    assert e.value.reason == "too-large"
+    for limit in (8_388_608, None):          # None: the codec's own default limit
+        with pytest.raises(ImageDecodeError, match="30000x30000") as e:
+            compressed_to_rgb(m, max_pixels=limit)
+        assert e.value.reason == "too-large"
+    monkeypatch.setattr(ic, "_cv2", lambda: None)     # the Pillow path checks first too
+    with pytest.raises(ImageDecodeError, match="30000x30000"):
+        compressed_to_rgb(m, max_pixels=8_388_608)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".tiff", ".bmp", ".webp"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compressed_header_sizes_of_every_accepted_format(ext, channels):
+    cv2 = pytest.importorskip("cv2")
+    img = RNG.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+    data = cv2.imencode(ext, img[..., 0] if channels == 1 else img)[1].tobytes()
+    kind, w, h = ic.compressed_header(data)
+    assert (w, h) == (37, 23) and kind == {".jpg": "JPEG", ".png": "PNG", ".tiff": "TIFF",
+                                           ".bmp": "BMP", ".webp": "WebP"}[ext]
+    assert check_compressed(types.SimpleNamespace(format=ext[1:], data=data))[1:] == (23, 37)
+    assert compressed_to_rgb(types.SimpleNamespace(format=ext[1:], data=data)).shape == \
+        (23, 37, 3)
+    with pytest.raises(ImageDecodeError, match="above max_pixels") as e:
+        check_compressed(types.SimpleNamespace(format=ext[1:], data=data), max_pixels=850)
+    assert e.value.reason == "too-large"
+
+
+def test_compressed_formats_without_a_readable_size_are_refused():
+    cv2 = pytest.importorskip("cv2")
+    img = RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for ext in (".ppm", ".ras", ".hdr"):
+        ok, enc = cv2.imencode(ext, img)
+        with pytest.raises(ImageDecodeError, match="no format the node reads"):
+            compressed_to_rgb(types.SimpleNamespace(format=ext[1:], data=enc.tobytes()))
+    with pytest.raises(ImageDecodeError, match="no frame header"):
+        ic.compressed_header(b"\xff\xd8\xff\xda\x00\x02\xff\xd9")
+
+
+def _valid_compressed(ext, seed):
+    import cv2
+    img = np.random.default_rng(seed).integers(0, 256, (9 + seed % 7, 11 + seed % 5, 3),
+                                               dtype=np.uint8)
+    return cv2.imencode(ext, img)[1].tobytes()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ext=st.sampled_from([".jpg", ".png", ".tiff", ".bmp", ".webp"]),
+       seed=st.integers(0, 50),
+       edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 400)), limit=st.sampled_from([0, 150, 10**6]))
+def test_property_mutated_compressed_headers(ext, seed, edits, cut, limit):
+    """Valid images with bytes of their headers changed or cut off: the checks and the
+    decoder raise ImageDecodeError or give an image of exactly the size the header
+    declares, never above max_pixels, never another exception."""
+    b = bytearray(_valid_compressed(ext, seed))
+    for pos, val in edits:
+        if pos < len(b):
+            b[pos] = val
+    if cut is not None:
+        b = b[:cut]
+    m = types.SimpleNamespace(format=ext[1:], data=bytes(b))
+    try:
+        kind, h, w = check_compressed(m, max_pixels=limit)
+    except ImageDecodeError:
+        kind = None
+    try:
+        out = compressed_to_rgb(m, max_pixels=limit)
+    except ImageDecodeError:
+        return
+    hw = ic.compressed_header(bytes(b))[1:][::-1]
+    assert out.shape == hw + (3,) and out.dtype == np.uint8
+    assert not limit or out.shape[0] * out.shape[1] <= limit
+    if kind is not None:
+        assert (h, w) == hw
+
+
+@settings(max_examples=200, deadline=None)
+@given(fmt=st.one_of(st.text(max_size=30), st.binary(max_size=30), st.none(), st.integers(),
+                     st.just("x" * 5000), st.just("rgb8; tiff compressed ")),
+       data=st.one_of(st.binary(max_size=40), st.none(), st.text(max_size=5),
+                      st.lists(st.integers(-5, 300), max_size=8),
+                      st.integers(0, 2**40)))       # bytes(2**40) would be a 1 TB allocation
+def test_property_compressed_message_fields(fmt, data):
+    """Any format and data field: ImageDecodeError with a short message, or an image."""
+    m = types.SimpleNamespace(format=fmt, data=data)
+    for f in (check_compressed, compressed_to_rgb):
+        try:
+            f(m)
+        except ImageDecodeError as e:
+            assert len(str(e)) < 600

@@ -64,3 +64,26 @@ def test_throttle_per_key():
     assert th("a") == 0 and th("a") is None and th("b") == 0
     now[0] = 6.0
     assert th("a") == 1                        # one suppressed since the last one
+
+
+def test_throttle_table_is_bounded_and_overflow_shares_one_line_per_group():
+    """More keys than it remembers: the first max_keys log, the rest share one line per group
+    and period, and keys whose period is over make room again."""
+    now = [0.0]
+    th = Throttle(5.0, clock=lambda: now[0], max_keys=3)
+    assert [th.check(f"k{i}", "g") for i in range(3)] == [(0, False)] * 3
+    assert th.check("k3", "g") == (0, True)            # table full: the group's shared line
+    assert th.check("k4", "g") is None and th.check("k5", "h") == (0, True)
+    assert len(th) <= 3 + 2
+    now[0] = 6.0
+    assert th.check("k6", "g") == (0, False)           # expired keys made room
+    assert len(th) <= 3 + 2
+
+
+def test_stream_key_and_shorten_bound_huge_ids():
+    from msaf_ros.runtime import shorten, stream_key
+    a, b = "cam" + "x" * 10_000_000, "cam" + "x" * 9_999_999 + "y"
+    assert len(stream_key(a)) < 120 and stream_key(a) != stream_key(b)
+    assert stream_key("front") == "front" and shorten("front") == "front"
+    assert len(shorten(a)) <= 80 and shorten(a) != shorten(b)
+    assert "\n" not in shorten("cam\nERROR forged line")

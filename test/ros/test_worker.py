@@ -45,6 +45,11 @@ def raw(h, w, frame_id="cam", sec=1):
                         msg_type=types.SimpleNamespace)
 
 
+def jpeg(rgb):
+    import cv2
+    return cv2.imencode(".jpg", rgb)[1].tobytes()
+
+
 def make_worker(seg=None, **kw):
     published = []
     w = InferenceWorker(seg or FakeSeg(), lambda *a: published.append(a), stats=Stats(),
@@ -63,7 +68,7 @@ def test_bad_compressed_frame_never_evicts_a_waiting_good_one():
 
     def msg(sec, data):
         return types.SimpleNamespace(header=header(sec=sec), format="jpeg", data=data)
-    good = msg(1, b"\xff\xd8\xff\xe0 a complete jpeg \xff\xd9")
+    good = msg(1, jpeg(np.full((16, 16, 3), 90, np.uint8)))
     worker.submit(good)
     worker.submit(msg(2, b"\xff\xd8\xff\xe0 truncated"))
     worker.submit(msg(3, b"not an image at all"))
@@ -146,3 +151,74 @@ def test_diagnostics_values_read_back():
     d = diagnostics.values_of(arr)
     assert d == {"frames_received": "3", "_level": 1, "_message": "m"}
     assert diagnostics.values_of(kv(status=[])) is None
+
+
+# -- hostile input (issue 16) -------------------------------------------------------------------
+def test_compressed_bombs_are_dropped_in_the_callback(monkeypatch):
+    """Both bombs are dropped as too-large from their headers, in the subscription callback:
+    nothing is decoded and a good frame waiting for the model stays."""
+    from msaf_ros import image_codec as ic
+    from msaf_ros.tools.hostile import jpeg_bomb, png_bomb
+    worker, _ = make_worker(compressed=True, max_pixels=8_388_608)
+    good = types.SimpleNamespace(header=header(sec=1), format="jpeg",
+                                 data=jpeg(np.full((16, 16, 3), 90, np.uint8)))
+    worker.submit(good)
+    monkeypatch.setattr(ic, "_cv2", lambda: (_ for _ in ()).throw(AssertionError("decoded")))
+    for data, fmt in ((png_bomb(), "png"), (jpeg_bomb(), "jpeg")):
+        worker.submit(types.SimpleNamespace(header=header(fmt, sec=2), format=fmt, data=data))
+    assert dict(worker.stats.bad) == {"too-large": 2} and worker.stats.dropped_stale == 0
+    assert worker.slot.get(0)[1][0] is good
+    warnings = [t for level, t in worker.log.lines if level == "warning"]
+    assert len(warnings) == 2 and all("30000x30000" in w and "max_pixels" in w
+                                      for w in warnings)
+
+
+def test_a_message_above_the_byte_limit_is_dropped_in_the_callback():
+    """A 64x64 rgb8 frame whose step makes its data far larger than any frame of max_pixels
+    could be (the limit is max_pixels x 8 bytes + 1 MiB) is dropped as too-large."""
+    worker, _ = make_worker(max_pixels=64 * 64)
+    step = 64 * 3 + 40_000                               # 2.5 MB of data for 12 KB of pixels
+    m = types.SimpleNamespace(header=header(), height=64, width=64, encoding="rgb8",
+                              is_bigendian=0, step=step, data=bytes(64 * step))
+    worker.submit(m)
+    assert dict(worker.stats.bad) == {"too-large": 1} and len(worker.slot) == 0
+    (level, text), = worker.log.lines
+    assert "2572288 bytes, above 1081344" in text and "max_pixels" in text
+    worker.submit(raw(64, 64))                           # a plain 64x64 frame still passes
+    assert len(worker.slot) == 1
+
+
+def test_thousands_of_cameras_with_huge_ids_keep_state_and_log_bounded():
+    """5,000 distinct 10 KB frame_ids sending bad frames: the warnings stop after the
+    throttle's table is full (one shared line per kind and period after that), every log
+    line is short, and no table keeps the ids."""
+    from msaf_ros.tools.hostile import long_frame_id
+    worker, _ = make_worker(compressed=True, max_streams=16)
+    for i in range(5000):
+        worker.submit(types.SimpleNamespace(header=header(long_frame_id(i, 10_000)),
+                                            format="jpeg", data=b"\xff\xd8\xff garbage"))
+    assert worker.stats.bad["compressed"] == 5000
+    lines = [t for _, t in worker.log.lines]
+    assert len(lines) <= 4 * 16 + 1, len(lines)
+    assert max(map(len, lines)) < 700 and sum(map(len, lines)) < 50_000
+    assert "from any camera" in lines[-1]
+    assert len(worker._throttle) <= 4 * 16 + 1
+    assert len(worker.stats.last_bad) < 700
+
+
+def test_streams_are_bounded_and_counted_live():
+    """Frames from 100 cameras (10 KB ids) with max_streams 4: the per-stream tables keep
+    at most 4 short names; diagnostics count the live streams and the streams started."""
+    from msaf_ros.tools.hostile import long_frame_id
+    worker, published = make_worker(max_streams=4)
+    for i in range(100):
+        worker.process(raw(16, 16, frame_id=long_frame_id(i, 10_000), sec=i + 1))
+    assert len(published) == 100
+    s = worker.stats.snapshot()
+    assert s["streams"] == 4 and s["streams_started"] == 100
+    assert len(worker.stats.streams) == 4 and len(worker._known) <= 16
+    assert max(len(k) for k in worker.stats.streams) < 200
+    assert {c[0] for c in worker.seg.calls} == set(worker._known) | \
+        {c[0] for c in worker.seg.calls}                  # the segmenter got the short names
+    assert max(len(c[0]) for c in worker.seg.calls) < 200
+    assert max(len(t) for _, t in worker.log.lines) < 300
