@@ -9,6 +9,7 @@ Training resume state (optimiser, schedule, RNG) may ride along under ``'train_s
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
@@ -73,6 +74,62 @@ def save_checkpoint(path: PathLike, model: MSAF, *, train_resolution: Optional[T
     return path
 
 
+_WHAT_TO_DO = ("pass an msaf checkpoint (.pt) written by msaf-train or msaf-export, or none "
+               "for the bundled model")
+_UNSAFE = ("not an msaf checkpoint: it holds Python objects besides tensors and plain values "
+           "(e.g. a whole pickled model, numpy arrays or custom classes), which msaf never "
+           "loads because unpickling them can run code; " + _WHAT_TO_DO)
+
+#: Leading bytes of files people pass by mistake -> what they are.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+          (b"GIF8", "a GIF image"), (b"II*\0", "a TIFF image"), (b"MM\0*", "a TIFF image"),
+          (b"BM", "a BMP image"), (b"%PDF", "a PDF document"),
+          (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF", "an HDF5 file (Keras?)"),
+          (b"\x93NUMPY", "a numpy .npy array"), (b"\x89MCAP", "an MCAP bag"),
+          (b"SQLite format 3", "an SQLite database (a rosbag2 .db3?)"))
+
+
+def _file_kind(path: Path) -> Optional[str]:
+    """What a file is when it is plainly not a torch file (an image, text, ...), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None                      # torch.load reports it
+    if not head:
+        return None                      # empty: 'truncated or damaged'
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    return "a zip archive without a torch checkpoint in it"
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return None
+    if head[:1] != b"\x80":              # not a pickle (torch's legacy format)
+        try:
+            head.decode("utf-8")
+            return "a text file"
+        except UnicodeDecodeError:
+            pass
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _refused_by_safe_loader(e: BaseException) -> bool:
+    """torch's weights_only loader refused the file (its message advises turning the safe
+    loader off, advice msaf never passes on)."""
+    text = str(e)
+    return "weights_only" in text or "Weights only load failed" in text or \
+        "Unsupported global" in text
+
+
 def read_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load and validate the checkpoint dict (no model built). Raises a typed CheckpointError."""
     path = Path(path)
@@ -81,15 +138,23 @@ def read_checkpoint(path: PathLike) -> Dict[str, Any]:
                                             "(or none for the bundled default model)")
     if not path.is_file():
         raise CheckpointNotFoundError(path, "not a regular file")
+    kind = _file_kind(path)
+    if kind is not None:
+        raise CheckpointFormatError(path, f"is {kind}, not a checkpoint; {_WHAT_TO_DO}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # torch's pickle-protocol notes are not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _refused_by_safe_loader(e):
+            raise CheckpointFormatError(path, _UNSAFE) from None
         raise CheckpointCorruptError(path, f"cannot be read as a torch checkpoint, the file "
-                                           f"is truncated or damaged ({msg})") from None
+                                           f"is truncated or damaged ({_first_line(e)})") from None
     except Exception as e:  # noqa: BLE001 - pickle errors of foreign files come in many types
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointFormatError(path, f"not an msaf checkpoint ({msg})") from None
+        if _refused_by_safe_loader(e):
+            raise CheckpointFormatError(path, _UNSAFE) from None
+        raise CheckpointFormatError(path, f"not an msaf checkpoint ({_first_line(e)}); "
+                                          f"{_WHAT_TO_DO}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointFormatError(path, "not an msaf checkpoint (no 'format: "
                                           f"{FORMAT}' entry); train one with msaf-train")

@@ -113,3 +113,44 @@ def test_config_that_does_not_fit(tmp_path):
     torch.save(ck, path)
     with pytest.raises(CheckpointFormatError, match="version 99"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", ["png", "jpeg", "numpy", "pickled_module", "pickle", "text",
+                                     "zip"])
+def test_foreign_files_say_what_they_are_and_never_advise_unsafe_loading(tmp_path, content):
+    """torch's advice to re-run torch.load with weights_only=False is never passed on: the
+    message says what the file is and what to pass instead (issue 16, item 3)."""
+    import io
+    import pickle
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    path = tmp_path / "model.pt"
+    if content in ("png", "jpeg"):
+        b = io.BytesIO()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(b, format=content.upper())
+        path.write_bytes(b.getvalue())
+    elif content == "numpy":
+        torch.save({"weights": np.zeros(3)}, path)
+    elif content == "pickled_module":
+        torch.save(torch.nn.Linear(2, 2), path)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"x": 1}, protocol=4))
+    elif content == "text":
+        path.write_text("hello")
+    else:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("readme.txt", "not a checkpoint")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")       # no torch warnings reach the user either
+        with pytest.raises(CheckpointFormatError) as e:
+            read_checkpoint(path)
+    text = str(e.value)
+    assert "weights_only" not in text and "False" not in text and "trust" not in text, text
+    assert "model.pt" in text and "msaf-train" in text and len(text.splitlines()) == 1
+    if content in ("png", "jpeg"):
+        assert f"is a {content.upper()} image, not a checkpoint" in text
+    if content in ("numpy", "pickled_module", "pickle"):
+        assert "Python objects" in text
