@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from ..errors import BagError, first_line
 from .io import IMAGE
@@ -91,6 +91,59 @@ def connection_definition(conn: Any, store: Any) -> Tuple[str, str]:
     return msgdef, digest
 
 
+def _faithful_writer_class() -> Any:
+    """rosbags' Writer whose MCAP storage also writes each message's sequence and publish
+    time, and channel metadata beyond the QoS (``topic_type_hash``, and whatever an input
+    channel carried), as rosbag2 does. rosbags' own writes publish time = log time, sequence
+    0 and the QoS alone."""
+    from rosbags.rosbag2 import StoragePlugin, Writer  # noqa: PLC0415
+    from rosbags.rosbag2.storage_mcap import (Channel, McapWriter, write_channel,  # noqa
+                                              write_record, write_string, write_uint16,
+                                              write_uint32, write_uint64)
+    from io import BytesIO  # noqa: PLC0415
+
+    class FaithfulMcapWriter(McapWriter):
+        #: metadata of the next channel added (set by OutputBag before add_connection)
+        next_metadata: Dict[str, str] = {}
+
+        def add_connection(self, connection: Any, offered_qos_profiles: str) -> None:
+            meta = dict(self.next_metadata)
+            meta["offered_qos_profiles"] = offered_qos_profiles
+            meta.setdefault("topic_type_hash", connection.digest or "")
+            self.next_metadata = {}
+            rec = BytesIO()
+            for k, v in meta.items():
+                write_string(rec, k)
+                write_string(rec, v)
+            self.channels.append(Channel(connection.id, connection.msgtype, connection.topic,
+                                         connection.ext.serialization_format, rec.getvalue()))
+            self.channel_stats[connection.id] = 0
+            write_channel(self.chunk.bio, self.channels[-1], self.schemas)
+
+        def write(self, connection: Any, timestamp: int, data: Any, sequence: int = 0,
+                  publish_time: Optional[int] = None) -> None:
+            self.message_start_time = min(timestamp, self.message_start_time)
+            self.message_end_time = max(timestamp, self.message_end_time)
+            self.channel_stats[connection.id] += 1
+            self.chunk.message_start_time = min(timestamp, self.chunk.message_start_time)
+            self.chunk.message_end_time = max(timestamp, self.chunk.message_end_time)
+            self.chunk.msgs[connection.id].append((timestamp, self.chunk.bio.tell()))
+            rec = BytesIO()
+            write_uint16(rec, connection.id)
+            write_uint32(rec, sequence & 0xFFFFFFFF)
+            write_uint64(rec, timestamp)
+            write_uint64(rec, timestamp if publish_time is None else publish_time)
+            rec.write(data)
+            write_record(self.chunk.bio, 0x05, rec)
+            if self.chunk.bio.tell() > 2**20:
+                self.close_chunk()
+
+    class FaithfulWriter(Writer):
+        STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: FaithfulMcapWriter}
+
+    return FaithfulWriter
+
+
 class OutputBag:
     """The output bag while it is written: a context manager around a rosbags Writer.
 
@@ -108,13 +161,13 @@ class OutputBag:
 
     def __enter__(self) -> "OutputBag":
         from rosbags.rosbag2 import (CompressionFormat, CompressionMode,  # noqa: PLC0415
-                                     StoragePlugin, Writer)
+                                     StoragePlugin)
         if self.staging.exists():   # check_output made sure it is an old partial output of ours
             self.log(f"note: removing {self.staging}, left by an earlier interrupted run")
             shutil.rmtree(self.staging)
         self.staging.mkdir(parents=True)
         (self.staging / "INCOMPLETE.txt").write_text(PARTIAL_NOTE)
-        self.writer = Writer(self.built, version=BAG_VERSION,
+        self.writer = _faithful_writer_class()(self.built, version=BAG_VERSION,
                              storage_plugin=StoragePlugin.MCAP if self.fmt == "mcap" else
                              StoragePlugin.SQLITE3)
         if self.fmt == "mcap" and self.compression == "zstd":
@@ -128,9 +181,13 @@ class OutputBag:
             raise
         return self
 
-    def copy_connections(self, connections: Iterable[Any]) -> Dict[int, Any]:
+    def copy_connections(self, connections: Iterable[Any],
+                         metadata: Optional[Dict[str, Dict[str, str]]] = None
+                         ) -> Dict[int, Any]:
         """Declare the input's connections in the output; {input connection id: output one}.
-        Connections alike in topic, type, serialization and QoS become one."""
+        Connections alike in topic, type, serialization and QoS become one. ``metadata``:
+        MCAP channel metadata per topic (:class:`~msaf_ros.bag.io.McapExtras`), carried
+        over into MCAP output."""
         out: Dict[int, Any] = {}
         declared: Dict[Tuple, Any] = {}
         for c in connections:
@@ -138,6 +195,10 @@ class OutputBag:
                    repr(c.ext.offered_qos_profiles))
             if key not in declared:
                 msgdef, digest = connection_definition(c, self.store)
+                meta = dict((metadata or {}).get(c.topic, {}))
+                if meta.get("topic_type_hash"):
+                    digest = meta["topic_type_hash"]      # the input's own, unchanged
+                self._next_metadata(meta)
                 declared[key] = self.writer.add_connection(
                     c.topic, c.msgtype, msgdef=msgdef, rihs01=digest,
                     serialization_format=c.ext.serialization_format,
@@ -149,7 +210,22 @@ class OutputBag:
         """A new sensor_msgs/Image connection (ROS 2's own definition and hash)."""
         return self.writer.add_connection(topic, IMAGE, typestore=self.store)
 
-    def write(self, connection: Any, bag_ns: int, raw: bytes) -> None:
+    def _next_metadata(self, meta: Dict[str, str]) -> None:
+        storage = getattr(self.writer, "storage", None)
+        if hasattr(storage, "next_metadata"):
+            storage.next_metadata = meta
+
+    def write(self, connection: Any, bag_ns: int, raw: bytes, sequence: int = 0,
+              publish_ns: Optional[int] = None) -> None:
+        """Write one message at bag (log) time ``bag_ns``; MCAP output also keeps its
+        ``sequence`` and publish time (default: the log time)."""
+        storage = getattr(self.writer, "storage", None)
+        if (sequence or publish_ns is not None) and hasattr(storage, "next_metadata"):
+            if connection not in self.writer.connections:
+                raise BagError(f"internal error: unknown output connection {connection.topic}")
+            storage.write(connection, bag_ns, raw, sequence, publish_ns)
+            self.writer.counts[connection.id] += 1
+            return
         self.writer.write(connection, bag_ns, raw)
 
     def write_message(self, connection: Any, bag_ns: int, msg: Any) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from ..errors import first_line
 from ..image_codec import labels_to_image, rgb_to_image
 from ..model import load_model
-from .io import IMAGE, decode_image, decode_labels, header_key, messages, open_reader, typestore
+from .io import (IMAGE, McapExtras, decode_image, decode_labels, header_key, mcap_extras,
+                 messages, open_reader, typestore)
 from .output import OutputBag
 from .plan import Plan, check_request, make_plan
 from .reorder import Reorder
@@ -91,9 +92,14 @@ class SecondPass:
         self.seqs: Dict[str, int] = defaultdict(int)
         self.scorer = Scorer(seg.cfg.num_classes, plan.frame_keys, plan.gt_keys, self.warn)
         self.bar: Any = None
+        self.extras = McapExtras()
 
     def run(self, reader: Any, input_path: Path, progress: bool = False) -> None:
-        self.copy_to = self.out.copy_connections(reader.connections)
+        if self.out.fmt == "mcap":
+            # sequence, publish time and channel metadata, which rosbags does not read
+            self.extras = mcap_extras(reader)
+        self.copy_to = self.out.copy_connections(reader.connections,
+                                                 self.extras.channel_metadata)
         self.write_to = {t: {kind: self.out.add_image_topic(name) for kind, name in outs.items()}
                          for t, outs in self.plan.outputs.items()}
         resets: Dict[str, int] = defaultdict(int)
@@ -130,7 +136,8 @@ class SecondPass:
             self.seqs[conn.topic] += 1       # may go back between the files of a bag)
         if plan.cutoff is not None and bag_ns > plan.cutoff:
             return
-        self.out.write(self.copy_to[conn.id], bag_ns, raw)
+        mcap_seq, publish_ns = self.extras.take(conn.topic, bag_ns, raw)
+        self.out.write(self.copy_to[conn.id], bag_ns, raw, mcap_seq, publish_ns)
         result.copied += 1
         if conn.id in plan.gt_ids:
             self.ground_truth(conn, bag_ns, raw)

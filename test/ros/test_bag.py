@@ -176,3 +176,72 @@ def test_scorer_matches_in_either_order_ignores_void_and_skips_other_sizes():
     assert (s.void, s.pixels) == (1, 8) and s.void_fraction == 1 / 8
     np.testing.assert_array_equal(s.cm, [[2, 1, 0], [0, 1, 0], [0, 0, 3]])
     assert s.summary(("a", "b", "c")) is not None
+
+
+# -- fidelity of the copies (issue 16, item 5) -------------------------------------------------
+def _mcap_records(path):
+    """(channels {id: (topic, metadata)}, messages [(topic, seq, log, publish, data)]) of an
+    MCAP file with uncompressed chunks, parsed here independently of the code under test."""
+    import struct
+    b = Path(path).read_bytes()
+    chans, msgs = {}, []
+
+    def string(o):
+        n = struct.unpack_from("<I", b, o)[0]
+        return b[o + 4:o + 4 + n].decode(), o + 4 + n
+
+    def walk(i, end):
+        while i + 9 <= end:
+            op, n = b[i], struct.unpack_from("<Q", b, i + 1)[0]
+            body = i + 9
+            if op == 0x04:
+                cid = struct.unpack_from("<H", b, body)[0]
+                topic, o = string(body + 4)
+                _, o = string(o)
+                mend, meta = o + 4 + struct.unpack_from("<I", b, o)[0], {}
+                o += 4
+                while o < mend:
+                    k, o = string(o)
+                    meta[k], o = string(o)
+                chans[cid] = (topic, meta)
+            elif op == 0x05:
+                cid, seq, log_t, pub_t = struct.unpack_from("<HIQQ", b, body)
+                msgs.append((chans[cid][0], seq, log_t, pub_t, b[body + 22:body + n]))
+            elif op == 0x06:
+                kind, o = string(body + 28)
+                assert kind == "", "test bags are written without chunk compression"
+                length = struct.unpack_from("<Q", b, o)[0]
+                walk(o + 8, o + 8 + length)
+            elif op in (0x02, 0x0F):
+                return
+            i = body + n
+    walk(8, len(b))
+    return chans, msgs, b
+
+
+def test_copied_messages_keep_sequence_publish_time_and_channel_metadata(tmp_path):
+    """A recorded bag's messages have sequence numbers and publish times of their own (rosbag2
+    records both) and its channels a topic_type_hash: the output keeps them, byte for byte."""
+    import struct
+    rgb = synth_frames(1, h=8, w=8)[0]
+    msgs = [("/cam/image", IMAGE, T0 + i * PERIOD, bag_image_msg(rgb, "rgb8", T0 + i * PERIOD))
+            for i in range(3)]
+    inp = write_bag(tmp_path / "in", "mcap", msgs)
+    # give every message of the input a sequence and an earlier publish time (in place)
+    mcap = next(Path(inp).glob("*.mcap"))
+    chans, found, b = _mcap_records(mcap)
+    data = bytearray(b)
+    i = 0
+    for k, (topic, seq, log_t, pub_t, payload) in enumerate(found):
+        at = data.find(struct.pack("<QQ", log_t, pub_t) + payload, i)
+        struct.pack_into("<IQQ", data, at - 4, 100 + k, log_t, log_t - 5_000_000)
+        i = at + 1
+    mcap.write_bytes(bytes(data))
+    segment_bag(inp, tmp_path / "out", ["/cam/image"], segmenter=FakeSeg(), compression="none",
+                log=lambda s: None)
+    out_chans, out_msgs, _ = _mcap_records(next((tmp_path / "out").glob("*.mcap")))
+    copied = [(s, lg, p) for t, s, lg, p, _ in out_msgs if t == "/cam/image"]
+    assert copied == [(100 + k, T0 + k * PERIOD, T0 + k * PERIOD - 5_000_000) for k in range(3)]
+    for topic, meta in out_chans.values():
+        assert meta.get("topic_type_hash") == IMAGE_RIHS01, (topic, meta)
+        assert "offered_qos_profiles" in meta

@@ -452,3 +452,34 @@ def test_property_compressed_message_fields(fmt, data):
             f(m)
         except ImageDecodeError as e:
             assert len(str(e)) < 600
+
+
+# -- compressed_image_transport's formats (issue 16, item 5) -----------------------------------
+@pytest.mark.parametrize("backend", ["cv2", "pil"])
+@pytest.mark.parametrize("fmt,stored", [
+    ("rgb8; tiff compressed ", "rgb"),          # TIFF: the image's own bytes, no conversion
+    ("rgb8; png compressed bgr8", "bgr"),
+    ("bgr8; png compressed bgr8", "bgr"),
+    ("rgba8; png compressed bgr8", "bgr"),
+    ("png", "bgr"),                             # no ';': OpenCV's order
+    ("mono8; png compressed ", "bgr")])
+def test_compressed_channel_order_follows_the_format(fmt, stored, backend, monkeypatch):
+    """compressed_image_transport's subscriber rule: a colour image holds BGR exactly when the
+    format says 'compressed bgr'; TIFF output ('rgb8; tiff compressed ') holds RGB."""
+    cv2 = pytest.importorskip("cv2")
+    rgb = RNG.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    ext = ".tiff" if "tiff" in fmt else ".png"
+    data = cv2.imencode(ext, rgb if stored == "rgb" else rgb[..., ::-1])[1].tobytes()
+    if backend == "pil":
+        monkeypatch.setattr(ic, "_cv2", lambda: None)
+    out = compressed_to_rgb(types.SimpleNamespace(format=fmt, data=data))
+    assert (out == rgb).all()
+
+
+def test_compressed_32fc1_tiff_is_scaled_like_raw_32fc1():
+    cv2 = pytest.importorskip("cv2")
+    px = RNG.uniform(-3, 5, (6, 7)).astype(np.float32)
+    px[0, 0], px[0, 1] = np.nan, np.inf
+    data = cv2.imencode(".tiff", px)[1].tobytes()
+    out = compressed_to_rgb(types.SimpleNamespace(format="32FC1; tiff compressed ", data=data))
+    assert (out == image_to_rgb(raw_msg(px[..., None], "32FC1"))).all()
