@@ -5,18 +5,32 @@
         namespace:=front checkpoint:=/models/msaf_r18_camvid.pt device:=cuda rviz:=true
 
 Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time, rviz.
-``checkpoint`` and ``device`` override params_file when not empty. Works on Humble, Jazzy
-and Kilted (launch, launch_ros.actions.Node only; the share directory comes from
-msaf_ros.resources, which asks the ament index first).
+``checkpoint`` and ``device`` override params_file when not empty.
+
+- params_file is read here with the rules rclpy applies to a ``--params-file``: every entry
+  whose node name matches this node's full name (``/**``, ``/**/segment_node``,
+  ``/*/segment_node``, ``/front/segment_node``, ``segment_node`` = ``/segment_node``) is
+  applied in file order, a later entry overriding an earlier one. The launch arguments come
+  last.
+- segment_node is required: when it exits, the launch ends; when it fails (exit code not 0,
+  e.g. a bad checkpoint) ``ros2 launch`` exits with code 1.
+- ``rviz:=true`` where rviz2 is not installed stops before anything is started.
+
+Works on Humble, Jazzy and Kilted (launch, launch_ros.actions.Node only; the share
+directory comes from msaf_ros.resources, which asks the ament index first).
 """
 
 import os
+import re
 import tempfile
 import zlib
 
 import yaml
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import (DeclareLaunchArgument, EmitEvent, OpaqueFunction,
+                            RegisterEventHandler)
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from msaf_ros.resources import share_dir
@@ -30,28 +44,63 @@ RVIZ_FILE = 'config/msaf.rviz'
 PARAMETER_ARGUMENTS = ('checkpoint', 'device')
 # Topics the RViz config shows, as written in config/msaf.rviz (un-namespaced).
 RVIZ_TOPICS = {'input': '/camera/image_raw', 'overlay': '/overlay', 'color_mask': '/color_mask'}
+TRUE = ('true', '1', 'yes', 'on')
+
+
+def _flatten(values, prefix=''):
+    """Nested parameter dicts as rcl reads them: ``{'a': {'b': 1}}`` -> ``{'a.b': 1}``."""
+    out = {}
+    for key, value in (values or {}).items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + '.'))
+        else:
+            out[name] = value
+    return out
+
+
+def _entries(data, prefix=''):
+    """(node name, parameters) of a params file in file order; namespaces may be nested
+    (``front: {segment_node: {ros__parameters: ...}}``) as rcl allows."""
+    for key, entry in (data or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        name = f'{prefix}/{str(key).strip().strip("/")}'
+        if 'ros__parameters' in entry:
+            yield name, _flatten(entry['ros__parameters'])
+        else:
+            yield from _entries(entry, name)
+
+
+def name_matches(pattern, fqn):
+    """rcl's node-name matching: ``/**`` any number of namespace tokens, ``/*`` one."""
+    rx = re.escape(pattern).replace(r'/\*\*', r'(/[^/]+)*').replace(r'/\*', r'/[^/]+')
+    return re.fullmatch(rx, fqn) is not None
 
 
 def node_parameters(params_file, namespace=''):
-    """The parameters a params file gives this launch's node, ``/<namespace>/segment_node``,
-    merged as ROS 2 would apply them: wildcard entries (``/**``, ``/**/segment_node``) first,
-    then the entry naming the node exactly (``segment_node``/``/segment_node`` without a
-    namespace, ``/<namespace>/segment_node`` with one), which wins. Entries for other
-    namespaces are ignored. Read here, not passed as a file, so that the node finds them
-    under any namespace."""
+    """The parameters a params file gives this launch's node, ``/<namespace>/segment_node``:
+    the entries whose name matches, in file order (a later one overrides), as rclpy applies
+    a ``--params-file``. Nested parameter groups come back as dotted names."""
     with open(params_file) as f:
         data = yaml.safe_load(f) or {}
     ns = namespace.strip('/')
-    full = f'/{ns}/{NODE_NAME}' if ns else f'/{NODE_NAME}'
-    wildcard, exact = {}, {}
-    for key, entry in data.items():
-        key = '/' + str(key).strip().lstrip('/')
-        values = (entry or {}).get('ros__parameters') or {}
-        if key in ('/**', f'/**/{NODE_NAME}'):
-            wildcard.update(values)
-        elif key == full:
-            exact.update(values)
-    return {**wildcard, **exact}
+    fqn = f'/{ns}/{NODE_NAME}' if ns else f'/{NODE_NAME}'
+    params = {}
+    for name, values in _entries(data):
+        if name_matches(name, fqn):
+            params.update(values)
+    return params
+
+
+def rviz_installed():
+    """True when the ament index knows the rviz2 package (a ROS 2 desktop install)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+    try:
+        get_package_prefix('rviz2')
+        return True
+    except PackageNotFoundError:
+        return False
 
 
 def rviz_config(namespace, image_topic):
@@ -74,32 +123,46 @@ def rviz_config(namespace, image_topic):
     return path
 
 
+def end_with_node(event, context):
+    """segment_node exited: the launch ends, and fails (exit code 1) when the node failed."""
+    if event.returncode != 0 and not context.is_shutdown:
+        raise RuntimeError(f'{event.action.name} failed (exit code {event.returncode}); '
+                           f'its error is above')
+    return [EmitEvent(event=Shutdown(reason=f'{event.action.name} exited'))]
+
+
 def launch_setup(context, *args, **kwargs):
     def arg(name):
         return LaunchConfiguration(name).perform(context)
 
-    params = node_parameters(arg('params_file'), arg('namespace'))
+    rviz = arg('rviz').lower() in TRUE
+    if rviz and not rviz_installed():       # checked before any process is started
+        raise RuntimeError("rviz:=true but the package 'rviz2' is not installed: install it "
+                           '(apt install ros-$ROS_DISTRO-rviz2) or launch with rviz:=false')
+    namespace = arg('namespace').strip('/')
+    params = node_parameters(arg('params_file'), namespace)
     for name in PARAMETER_ARGUMENTS:
         if arg(name) != '':
             params[name] = arg(name)
-    use_sim_time = arg('use_sim_time').lower() in ('true', '1', 'yes', 'on')
+    use_sim_time = arg('use_sim_time').lower() in TRUE
     params['use_sim_time'] = use_sim_time
-    namespace = arg('namespace').strip('/')
     image_topic = arg('image_topic')
     ns_kw = {'namespace': namespace} if namespace else {}
-    actions = [
-        Node(
-            package=PACKAGE,
-            executable=EXECUTABLE,
-            name=NODE_NAME,
-            **ns_kw,
-            parameters=[params],
-            remappings=[('image', image_topic)],
-            output='screen',
-            emulate_tty=True,
-        )
-    ]
-    if arg('rviz').lower() in ('true', '1', 'yes', 'on'):
+    node = Node(
+        package=PACKAGE,
+        executable=EXECUTABLE,
+        name=NODE_NAME,
+        **ns_kw,
+        parameters=[params],
+        remappings=[('image', image_topic)],
+        output='screen',
+        # no emulate_tty: a terminal would make rcutils colour the log lines, and the ANSI
+        # codes would land in captured logs; unbuffered Python keeps the lines in order
+        additional_env={'PYTHONUNBUFFERED': '1'},
+    )
+    actions = [node, RegisterEventHandler(OnProcessExit(target_action=node,
+                                                        on_exit=end_with_node))]
+    if rviz:
         actions.append(Node(
             package='rviz2',
             executable='rviz2',

@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from .errors import MsafRosError, first_line
 
 NODE_NAME = "segment_node"
+#: The node name config/msaf.yaml is keyed by: segment_node in any namespace.
+PARAMS_FILE_KEY = f"/**/{NODE_NAME}"
 #: The smallest frame side the network accepts (msaf_core's segmenter limit, MIN_SIZE; kept
 #: here so that the subscription callback and the parameter checks need no torch import).
 MIN_SIDE = 8
@@ -49,6 +51,12 @@ PARAMETERS: Tuple[Param, ...] = (
           "with AMX or AVX-512 BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later); "
           "labels may differ from float32 on a few pixels.",
           hint="set bf16:=false, or use device:=cpu (CUDA devices use half:=true)"),
+    Param("backend", "string", "torch",
+          "What runs the network: torch; onnxruntime or openvino (CPU engines running the "
+          "exported graphs: a checkpoint is exported once into a cache, or checkpoint names an "
+          "msaf-export folder); tensorrt (CUDA, engines built by msaf-export --format tensorrt).",
+          hint="use backend:=torch, onnxruntime, openvino or tensorrt (docs/deploy.md)",
+          choices=("torch", "onnxruntime", "openvino", "tensorrt")),
     Param("threads", "int", 0,
           "CPU threads for torch (torch.set_num_threads); 0 = torch's default.",
           hint="use threads:=0 (torch default) or a small positive count", range=(0, 256)),
@@ -163,7 +171,7 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
 
 def yaml_text() -> str:
     """config/msaf.yaml as this table says it should be (used by tests and docs)."""
-    lines = [f"{NODE_NAME}:", "  ros__parameters:"]
+    lines = [PARAMS_FILE_KEY + ":", "  ros__parameters:"]
     for p in PARAMETERS:
         if p.output:
             continue

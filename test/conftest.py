@@ -71,3 +71,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def ros2_ws():
+    """This package built with colcon in a temporary workspace (test/ros2_kit.py); skipped
+    with the reason where the ROS 2 launch/CLI kit is not installed."""
+    import ros2_kit
+    why = ros2_kit.missing()
+    if why:
+        pytest.skip(why)
+    return ros2_kit.workspace()

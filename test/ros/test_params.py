@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from msaf_ros.params import DEFAULTS, MIN_SIDE, PARAMETERS, USER_PARAMETERS, ConfigError, validate
+from msaf_ros.params import (DEFAULTS, MIN_SIDE, PARAMETERS, PARAMS_FILE_KEY, USER_PARAMETERS,
+                             ConfigError, validate, yaml_text)
 
 YAML = ROOT / "config" / "msaf.yaml"
 
@@ -30,8 +31,9 @@ def test_min_side_is_the_networks():
 
 def test_yaml_keys_are_the_declared_parameters():
     data = yaml.safe_load(YAML.read_text())
-    assert list(data) == ["segment_node"]
-    params = data["segment_node"]["ros__parameters"]
+    assert list(data) == [PARAMS_FILE_KEY] == ["/**/segment_node"]   # any namespace
+    params = data[PARAMS_FILE_KEY]["ros__parameters"]
+    assert yaml.safe_load(yaml_text()) == data
     assert set(params) == set(USER_PARAMETERS)
     assert params == DEFAULTS                          # the node's in-code defaults agree
     for p in PARAMETERS:
@@ -47,7 +49,7 @@ def test_yaml_keys_are_the_declared_parameters():
 
 
 def test_yaml_defaults_validate():
-    params = yaml.safe_load(YAML.read_text())["segment_node"]["ros__parameters"]
+    params = yaml.safe_load(YAML.read_text())[PARAMS_FILE_KEY]["ros__parameters"]
     assert validate(params)["device"] == "auto"
 
 
