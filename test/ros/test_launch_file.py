@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 
-import pytest
 import yaml
 
 from conftest import ROOT
