@@ -25,7 +25,13 @@ class Status:
 
 def status(s: Dict[str, Any], input_topic: str, device: str) -> Status:
     """The status of one diagnostics period from the snapshot ``s``: ERROR when inference
-    failed in the period, WARN when bad frames were dropped, OK otherwise."""
+    failed in the period, WARN when bad frames were dropped, OK otherwise.
+
+    The frame counters add up: ``frames_received = frames_processed + frames_dropped_stale
+    + frames_bad + inference_errors + frames_in_flight`` (in flight: waiting in a camera's
+    slot or on the model). ``streams`` counts the cameras segmented within the last 10 s
+    (at most ``max_streams``); ``streams_started`` every stream begun (again after it was
+    dropped beyond ``max_streams``)."""
     if s["period_errors"]:
         level, message = "ERROR", f"inference errors: {s['last_error']}"
     elif s["period_bad"]:
@@ -47,9 +53,11 @@ def status(s: Dict[str, Any], input_topic: str, device: str) -> Status:
         "frames_processed": s["processed"],
         "frames_dropped_stale": s["dropped_stale"],
         "frames_bad": s["bad"],
+        "frames_in_flight": s["in_flight"],
         "cache_resets": s["resets"],
         "inference_errors": s["errors"],
         "streams": s["streams"],
+        "streams_started": s["streams_started"],
         "published_labels": s["published"].get("labels", 0),
         "published_color_mask": s["published"].get("color_mask", 0),
         "published_overlay": s["published"].get("overlay", 0),

@@ -33,6 +33,17 @@ from .runtime import BAD_TEXT, RESET_TEXT, LatestSlot, Stats, Throttle, shorten,
 #: publish(header, rgb, labels): send the results of one frame (called on the worker thread).
 Publish = Callable[[Any, np.ndarray, np.ndarray], None]
 
+#: The drop rate is judged over windows of this many seconds ...
+DROP_WINDOW_S = 30.0
+#: ... and called high when at least this share of the frames received in one was dropped
+#: as stale (and at least DROP_MIN_FRAMES came); the warning repeats at most every
+#: DROP_WARN_EVERY_S seconds while it stays high.
+DROP_SHARE = 0.5
+DROP_MIN_FRAMES = 30
+DROP_WARN_EVERY_S = 600.0
+#: Frame size of the warm-up pass when the segmenter has no inference size (height, width).
+WARM_UP_SIZE = (360, 480)
+
 
 class InferenceWorker:
     """Runs ``segmenter`` on the newest frame of each camera, on a thread of its own.
@@ -50,7 +61,8 @@ class InferenceWorker:
     def __init__(self, segmenter: Any, publish: Publish, *, stats: Stats, log: Any,
                  compressed: bool = False, max_pixels: int = 0, max_streams: int = 16,
                  warn_period: float = 5.0, now_ns: Callable[[], int] = time.time_ns,
-                 input_topic: str = "", max_message_bytes: Optional[int] = None) -> None:
+                 input_topic: str = "", max_message_bytes: Optional[int] = None,
+                 warm_up: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
         self.seg = segmenter
         self.publish = publish
         self.stats = stats
@@ -68,6 +80,10 @@ class InferenceWorker:
         self._known: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self.warm_up_pending = warm_up
+        self._clock = clock
+        self._drop_mark = (clock(), 0, 0, 0)       # window start: time, received, stale, done
+        self._drop_warned: Optional[float] = None
         segmenter.on_reset = self._on_reset
 
     # -- the subscription callback (executor thread; keep it cheap) -------------------------
@@ -133,9 +149,55 @@ class InferenceWorker:
             return not self._thread.is_alive()
         return True
 
+    def warm_up(self) -> None:
+        """One throw-away pass (a first and a cached frame) before the first camera frame, so
+        that the first frame does not pay the one-off set-up of the model's kernels (about
+        0.3 s on a CPU). Its stream is removed afterwards; it counts nowhere."""
+        self.warm_up_pending = False
+        h, w = getattr(self.seg, "size", None) or WARM_UP_SIZE
+        rgb = np.full((h, w, 3), 127, np.uint8)
+        t0 = time.perf_counter()
+        try:
+            for i in (1, 2):
+                self.seg.segment(rgb, stream="\0warm-up", stamp_ns=i)
+        except Exception as e:  # noqa: BLE001 - the real frames will say what is wrong
+            self.log.warning(f"warm-up pass failed: {shorten(first_line(e), 300)}")
+            return
+        finally:
+            reset = getattr(self.seg, "reset", None)
+            if reset is not None:
+                reset("\0warm-up")
+        self.log.info(f"warm-up pass at {w}x{h}: {(time.perf_counter() - t0) * 1e3:.0f} ms")
+
+    def check_drop_rate(self) -> None:
+        """Warn when most frames are dropped as stale over a window (the model is slower than
+        the cameras): say so with the rates and name what makes the model faster."""
+        now = self._clock()
+        t0, r0, s0, p0 = self._drop_mark
+        if now - t0 < DROP_WINDOW_S:
+            return
+        st = self.stats
+        r, s, p = st.received - r0, st.dropped_stale - s0, st.processed - p0
+        self._drop_mark = (now, st.received, st.dropped_stale, st.processed)
+        if r < DROP_MIN_FRAMES or s < DROP_SHARE * r:
+            return
+        if self._drop_warned is not None and now - self._drop_warned < DROP_WARN_EVERY_S:
+            return
+        self._drop_warned = now
+        dt = now - t0
+        self.log.warning(
+            f"{100 * s / r:.0f}% of the frames of the last {dt:.0f} s were dropped as stale: "
+            f"{r / dt:.1f} frames/s came in, the model segmented {p / dt:.1f}/s (by design only "
+            f"each camera's newest frame is kept, never a queue). To segment more of them: a "
+            f"smaller inference_height/inference_width, bf16:=true on a CPU with AMX or "
+            f"AVX-512 BF16, a faster backend, or a GPU (device:=cuda, half:=true)")
+
     def _run(self) -> None:
+        if self.warm_up_pending:
+            self.warm_up()
         while not self._stop.is_set():
             ok, item = self.slot.get(timeout=0.5)
+            self.check_drop_rate()
             if not ok:
                 continue
             msg, _ = item

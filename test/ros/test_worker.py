@@ -222,3 +222,95 @@ def test_streams_are_bounded_and_counted_live():
         {c[0] for c in worker.seg.calls}                  # the segmenter got the short names
     assert max(len(c[0]) for c in worker.seg.calls) < 200
     assert max(len(t) for _, t in worker.log.lines) < 300
+
+
+# -- frames dropped by design, said clearly (issue 16, item 6) ---------------------------------
+def test_a_sustained_high_drop_rate_is_logged_once_with_the_levers():
+    now = [0.0]
+    worker, _ = make_worker(clock=lambda: now[0])
+    for sec in range(1, 61):                     # 60 frames, the model never gets to them
+        worker.submit(raw(16, 16, sec=sec))
+        worker.check_drop_rate()
+    assert not [t for lv, t in worker.log.lines if lv == "warning"]   # window not over yet
+    now[0] = 31.0
+    worker.check_drop_rate()
+    (text,) = [t for lv, t in worker.log.lines if lv == "warning"]
+    assert text.startswith("98% of the frames of the last 31 s were dropped as stale")
+    for lever in ("inference_height/inference_width", "bf16:=true", "backend", "device:=cuda"):
+        assert lever in text
+    for sec in range(61, 121):                   # still high: not repeated within 10 minutes
+        worker.submit(raw(16, 16, sec=sec))
+    now[0] = 62.0
+    worker.check_drop_rate()
+    assert len([t for lv, t in worker.log.lines if lv == "warning"]) == 1
+
+
+def test_a_low_drop_rate_is_not_logged():
+    now = [0.0]
+    worker, _ = make_worker(clock=lambda: now[0])
+    for sec in range(1, 61):
+        worker.submit(raw(16, 16, sec=sec))
+        worker.process(worker.slot.get(0)[1][0])
+    now[0] = 31.0
+    worker.check_drop_rate()
+    assert not [t for lv, t in worker.log.lines if lv == "warning"]
+
+
+def test_the_warm_up_pass_runs_before_the_first_frame_and_leaves_no_trace():
+    class Seg(FakeSeg):
+        size = (24, 32)
+
+        def reset(self, stream=None):
+            self.calls = [c for c in self.calls if c[0] != stream]
+            self.was_reset = stream
+    worker, published = make_worker(seg=Seg())
+    worker.start()
+    try:
+        worker.submit(raw(16, 16, sec=1))
+        deadline = time.monotonic() + 10
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        assert worker.stop(2.0)
+    assert worker.seg.was_reset == "\0warm-up" and worker.seg.calls == [("cam", 10**9)]
+    assert any(t.startswith("warm-up pass at 32x24:") for _, t in worker.log.lines)
+    s = worker.stats.snapshot()
+    assert s["received"] == s["processed"] == 1 and s["streams_started"] == 1
+
+
+def test_diagnostics_counters_add_up():
+    """received = processed + dropped stale + bad + inference errors + in flight, at any time,
+    for a mix of good, bad, stale and failing frames from several cameras."""
+    class Seg(FakeSeg):
+        n = 0
+
+        def segment(self, rgb, stream="default", stamp_ns=None):
+            time.sleep(0.002)
+            self.n += 1
+            if self.n % 3 == 0:
+                raise RuntimeError("boom")
+            return super().segment(rgb, stream, stamp_ns)
+    worker, _ = make_worker(seg=Seg(), max_streams=2, warm_up=False)
+    worker.start()
+
+    def check():
+        v = diagnostics.status(worker.stats.snapshot(), "/cam", "cpu").values
+        parts = ("frames_processed", "frames_dropped_stale", "frames_bad", "inference_errors",
+                 "frames_in_flight")
+        assert int(v["frames_received"]) == sum(int(v[k]) for k in parts), v
+        return v
+    try:
+        for sec in range(1, 200):
+            cam = f"cam{sec % 3}"                       # 3 cameras, 2 slots: evictions too
+            worker.submit(raw(16, 16, cam, sec) if sec % 5 else raw(4, 4, cam, sec))
+            if sec % 20 == 0:
+                check()
+        deadline = time.monotonic() + 10
+        while len(worker.slot) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        assert worker.stop(2.0)
+    v = check()
+    assert v["frames_in_flight"] == "0" and int(v["frames_dropped_stale"]) > 0
+    assert int(v["inference_errors"]) > 0 and int(v["frames_bad"]) > 0
