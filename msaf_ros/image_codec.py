@@ -207,7 +207,9 @@ def _float_to_u8_array(v: np.ndarray) -> np.ndarray:
     if finite.any():
         lo, hi = float(v[finite].min()), float(v[finite].max())
         if hi > lo:
-            scaled = (np.where(finite, v, lo) - lo) * (255.0 / (hi - lo))
+            # halved first: (v - lo) of values near ±3.4e38 would overflow float32 (and numpy
+            # would print a bare warning); halving is exact, so the result is the same
+            scaled = (np.where(finite, v, lo) * 0.5 - lo * 0.5) * (510.0 / (hi - lo))
             out = np.clip(scaled + 0.5, 0, 255).astype(np.uint8)
             out[~finite] = 0
     return out

@@ -483,3 +483,15 @@ def test_compressed_32fc1_tiff_is_scaled_like_raw_32fc1():
     data = cv2.imencode(".tiff", px)[1].tobytes()
     out = compressed_to_rgb(types.SimpleNamespace(format="32FC1; tiff compressed ", data=data))
     assert (out == image_to_rgb(raw_msg(px[..., None], "32FC1"))).all()
+
+
+def test_float_extremes_decode_without_numpy_warnings():
+    """A 32FC1 frame spanning ±3.4e38 is scaled like any other, and prints nothing (numpy's
+    bare 'overflow encountered' warning reached the node's console; issue 16, item 4)."""
+    import warnings
+    f32 = np.finfo(np.float32)
+    px = np.array([[[f32.min], [0.0]], [[f32.max], [np.nan]]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = image_to_rgb(raw_msg(px, "32FC1"))
+    assert out[..., 0].tolist() == [[0, 128], [255, 0]]
