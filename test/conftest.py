@@ -82,3 +82,32 @@ def ros2_ws():
     if why:
         pytest.skip(why)
     return ros2_kit.workspace()
+
+
+# launch_testing files (``test/launch/*.test.py``, the upstream naming) go to launch_testing's
+# pytest plugin, or are skipped with the reason where the kit is not installed.
+class _KitMissing(pytest.File):
+    def collect(self):
+        import ros2_kit
+        pytest.skip(ros2_kit.missing())
+
+
+def pytest_collect_file(file_path, parent):
+    if not file_path.name.endswith(".test.py") or parent.session.isinitpath(file_path):
+        return None                  # a file named on the command line is collected anyway
+    import importlib.util
+    import sys
+
+    import ros2_kit
+    if ros2_kit.missing():
+        return _KitMissing.from_parent(parent, path=file_path)
+    # pytest would import "name.test" as module "test" of a package "name": load it by path
+    # under the name pytest looks for; launch_testing's plugin takes it from there.
+    name = file_path.name[:-len(".py")]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, file_path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    ihook = parent.session.gethookproxy(file_path)
+    return ihook.pytest_pycollect_makemodule(module_path=file_path, parent=parent)
