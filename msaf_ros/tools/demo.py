@@ -144,6 +144,14 @@ def make_figure(bag: Path, frames: List[Frame], png: Path, *, seg, camera_topic:
     return png
 
 
+#: The sample drive is CamVid's val clip: a stretch of sequence 0016E5, whose other frames
+#: are in CamVid's train split. Its mIoU says how well a model knows this street.
+SEEN_NOTE_BUNDLED = ("      (the bundled model was trained on these frames: this is not a figure for a "
+                     "drive it has never seen; see docs/model.md)")
+SEEN_NOTE = ("      (the sample drive is CamVid sequence 0016E5, whose other frames are in CamVid's "
+             "train split: a model trained on CamVid has seen this street)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="msaf-demo",
@@ -216,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
           f"({res.n_frames} frames on {seg.device})")
     print("mIoU: " + (f"{100 * miou:.2f}% over {res.gt_matched} labelled frames"
                       if miou is not None else "n/a (no ground truth matched)"))
+    if args.bag is None and miou is not None:
+        print(SEEN_NOTE_BUNDLED if args.checkpoint is None else SEEN_NOTE)
     print(f"segmented bag: {bag_out}  (ros2 bag play {bag_out})")
     print(f"picture: {png}")
     return 0

@@ -70,6 +70,8 @@ def test_demo_end_to_end(tmp_path, tiny_checkpoint, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "frames per second:" in cap.out and "mIoU:" in cap.out
+    # the sample drive is a street CamVid trains on: the demo says so beside its mIoU
+    assert "0016E5" in cap.out and "train split" in cap.out
     png = out / "msaf_demo.png"
     with Image.open(png) as im:
         assert im.format == "PNG" and im.width >= 3 * 320 and im.height > 2 * 240
