@@ -6,6 +6,7 @@
                      [--namespace NS] [--labels-topic T] [--device auto] [--alpha 0.5]
                      [--format mcap|sqlite3] [--max-frames N] [--force]
     msaf-bag info INPUT
+    msaf-bag play INPUT [--clock [HZ]] [--rate R] [--loop] [--topics T ...] [--start-offset S]
 
 INPUT is a rosbag2 folder (metadata.yaml + .mcap or .db3) or a single .mcap / .db3 file;
 it is only ever opened read-only. OUTPUT is a new rosbag2 folder holding every input message
@@ -38,10 +39,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cli import run_cli, set_torch_threads
+from . import play
 from .io import FORMATS, IMAGE_TYPES, open_reader, storage_of
 from .plan import output_topics
 from .segment import segment_bag
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="msaf-bag",
         description="Segment the camera topics of a rosbag2 (mcap or sqlite3) with MSAF, "
                     "offline; no ROS installation needed.")
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{segment,info}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{segment,info,play}")
     s = sub.add_parser(
         "segment", help="write a copy of a bag with labels, color_mask and overlay topics",
         description="Write OUTPUT, a copy of INPUT with <ns>/labels (mono8), <ns>/color_mask "
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="list a bag's topics and which ones are images")
     i.add_argument("input", type=Path)
     i.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    play.add_parser(sub)
     return p
 
 
@@ -116,6 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console script ``msaf-bag``. Exit codes: 0 done, 1 an error (one line), 2 usage,
     130 Ctrl-C and 143 SIGTERM (the partial output is removed)."""
     args = build_parser().parse_args(argv)
+    if args.cmd == "play":          # Ctrl-C ends the play: exit code 0
+        stop = threading.Event()
+        return run_cli(f"{PROG}:", lambda: play.run(args, stop), stop=stop, debug=args.debug)
     return run_cli(f"{PROG}:", lambda: _run(args), debug=args.debug,
                    interrupted="no output written (partial output removed)")
 

@@ -351,3 +351,114 @@ def test_miou_real_model_matches_numpy(tmp_path, tiny_checkpoint, capsys):
     denom = cm.sum(0) + cm.sum(1) - tp
     miou = np.mean(tp[denom > 0] / denom[denom > 0])
     assert f"mIoU: {100 * miou:.2f}%" in stdout
+
+
+# -- msaf-bag play ---------------------------------------------------------------------------------
+PLAY_DOMAIN = 86
+
+
+def _qos(reliability, durability, depth):
+    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
+                                    QosReliability, QosTime)
+    never = QosTime(sec=0, nsec=0)
+    return Qos(QosHistory.KEEP_LAST, depth, getattr(QosReliability, reliability),
+               getattr(QosDurability, durability), never, never, QosLiveliness.AUTOMATIC,
+               never, False)
+
+
+def _play_bag(path):
+    """4 camera frames recorded best effort (depth 5) and 2 latched status strings."""
+    from helpers import TS, synth_frames
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    frames = synth_frames(4)
+    w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+    with w:
+        cam = w.add_connection("/cam/image_raw", IMAGE, typestore=TS,
+                               offered_qos_profiles=[_qos("BEST_EFFORT", "VOLATILE", 5)])
+        status = w.add_connection("/status", "std_msgs/msg/String", typestore=TS,
+                                  offered_qos_profiles=[_qos("RELIABLE", "TRANSIENT_LOCAL", 1)])
+        msgs = [(T0 + 500, status, StringMsg(data="start"), "std_msgs/msg/String")]
+        msgs += [(T0 + i * PERIOD + 1000, cam, bag_image_msg(f, "rgb8", T0 + i * PERIOD),
+                  IMAGE) for i, f in enumerate(frames)]
+        msgs += [(T0 + 2 * PERIOD + 500, status, StringMsg(data="half"), "std_msgs/msg/String")]
+        for t, conn, msg, typ in sorted(msgs, key=lambda m: m[0]):
+            w.write(conn, t, TS.serialize_cdr(msg, typ))
+    return frames
+
+
+def test_play_qos_policy_follows_the_recorded_profiles():
+    from msaf_ros.bag.play import DEFAULT_DEPTH, qos_policy
+    assert qos_policy([]) == (True, False, DEFAULT_DEPTH)
+    assert qos_policy([_qos("BEST_EFFORT", "VOLATILE", 5)]) == (False, False, 5)
+    assert qos_policy([_qos("RELIABLE", "TRANSIENT_LOCAL", 1)]) == (True, True, 1)
+    mixed = [_qos("RELIABLE", "TRANSIENT_LOCAL", 1), _qos("BEST_EFFORT", "VOLATILE", 7)]
+    assert qos_policy(mixed) == (False, False, 7)
+    assert qos_policy([_qos("RELIABLE", "VOLATILE", 0)]) == (True, False, DEFAULT_DEPTH)
+
+
+def test_play_bad_input_is_one_line(tmp_path, capsys):
+    bag = tmp_path / "drive"
+    _play_bag(bag)
+    rc, _, err = msaf_bag(["play", bag, "--topics", "/nope"], capsys)
+    assert rc == 1 and "no topic /nope; topics in the bag: /cam/image_raw, /status" in err
+    assert_one_line_error(err)
+    rc, _, err = msaf_bag(["play", bag, "--rate", "0"], capsys)
+    assert rc == 1 and "--rate must be > 0" in err
+    rc, _, err = msaf_bag(["play", bag, "--start-offset", "9"], capsys)
+    assert rc == 1 and "past the end of the bag" in err
+    rc, _, err = msaf_bag(["play", tmp_path / "missing.mcap"], capsys)
+    assert rc == 1 and "no such file" in err
+    assert (bag / "metadata.yaml").is_file()              # the input is left as it was
+
+
+@pytest.mark.ros
+def test_play_publishes_the_bag_with_its_qos_and_clock(tmp_path):
+    """msaf-bag play (the console script): every message arrives byte for byte in bag order,
+    publishers offer the recorded QoS, /clock runs through the bag's times up to the last
+    message; --topics and --start-offset select what is played."""
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2) is not importable")
+    from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from helpers import msg_array
+    from msaf_ros.tools.node_process import Probe, node_env
+    bag = tmp_path / "drive"
+    frames = _play_bag(bag)
+    probe = Probe(PLAY_DOMAIN, "play_probe")
+    exe = os.path.join(os.path.dirname(sys.executable), "msaf-bag")
+    try:
+        images = probe.subscribe(Image, "/cam/image_raw", probe.qos(reliable=False, depth=50))
+        status = probe.subscribe(String, "/status", probe.qos(reliable=True, depth=10,
+                                                              latched=True))
+        clock = probe.subscribe(Clock, "/clock", probe.qos(reliable=True, depth=1000))
+        proc = subprocess.Popen([exe, "play", str(bag), "--clock", "50", "--delay", "3"],
+                                env=node_env(PLAY_DOMAIN), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        node = probe.node
+        assert probe.spin_until(lambda: node.get_publishers_info_by_topic("/status")
+                                and node.get_publishers_info_by_topic("/cam/image_raw"), 30)
+        (cam_pub,) = node.get_publishers_info_by_topic("/cam/image_raw")
+        (status_pub,) = node.get_publishers_info_by_topic("/status")
+        assert cam_pub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+        assert status_pub.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+        assert probe.spin_until(lambda: proc.poll() is not None, 120)
+        probe.spin_for(1.0)
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err
+        assert "6 messages (/cam/image_raw 4, /status 2)" in out, out
+        assert [stamp_of(m) for m in images] == [T0 + i * PERIOD for i in range(4)]
+        for m, f in zip(images, frames):
+            np.testing.assert_array_equal(msg_array(m), f)
+        assert [m.data for m in status] == ["start", "half"]
+        ticks = [c.clock.sec * 10**9 + c.clock.nanosec for c in clock]
+        assert ticks == sorted(ticks) and ticks[0] >= T0 + 500
+        assert ticks[-1] == T0 + 3 * PERIOD + 1000                    # the last message
+    finally:
+        probe.close()
+    only = subprocess.run([exe, "play", str(bag), "--topics", "/cam/image_raw",
+                           "--start-offset", f"{(1.5 * PERIOD) / 1e9}", "--rate", "4"],
+                          env=node_env(PLAY_DOMAIN), capture_output=True, text=True, timeout=120)
+    assert only.returncode == 0, only.stderr
+    assert "2 messages (/cam/image_raw 2)" in only.stdout, only.stdout
