@@ -184,3 +184,63 @@ def test_launch_namespace_params_file_overrides_and_sim_time(ros2_ws, tiny_check
     assert "\x1b[" not in log, "ANSI colour codes in the captured log:\n" + log[-2000:]
     assert "[segment_node-1]" in log and "Traceback" not in log
 
+
+
+def test_sample_drive_replayed_live_with_clock_is_segmented_and_scored(ros2_ws, tmp_path):
+    """The bundled model behind ``ros2 launch ... use_sim_time:=true``, fed by ``msaf-bag
+    play`` of the sample drive with ``--clock``: the labels that come back carry the drive's
+    frame headers, score well against the drive's ground truth, and the node measures its
+    latency against the bag's /clock."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    from helpers import msg_array
+    from msaf_core import default_checkpoint
+    from msaf_core.config import CAMVID_CLASSES
+    from msaf_ros.bag.io import decode_labels, header_key, read_topics
+    from msaf_ros.bag.scoring import Scorer
+    from msaf_ros.diagnostics import values_of
+    from msaf_ros.tools.node_process import Probe
+    from msaf_ros.tools.sample_drive import sample_drive_path
+    if not default_checkpoint().is_file():
+        pytest.skip("the bundled model is not installed")
+    drive = sample_drive_path()
+    gt = {header_key(m): decode_labels(m, c.msgtype)
+          for c, _, m in read_topics(drive, ["/camera/gt_labels"])}
+    own = tmp_path / "drive.yaml"
+    own.write_text("/**/segment_node:\n  ros__parameters:\n    input_transport: compressed\n"
+                   "    qos_reliability: reliable\n    threads: 1\n")
+    d = DOMAIN + 4
+    probe = Probe(d, "drive_probe")
+    launch = ros2_ws.start(["ros2", "launch", "msaf_ros", "segment.launch.py",
+                            "image_topic:=/camera/image_raw", f"params_file:={own}",
+                            "device:=cpu", "use_sim_time:=true"], d, tmp_path / "launch.log")
+    try:
+        labels = probe.subscribe(Image, "/labels")
+        diags = probe.subscribe(DiagnosticArray, "/diagnostics")
+        assert launch.wait_for("listening on /camera/image_raw/compressed"), launch.output
+        probe.wait_matched(subs=["/labels"])
+        play = ros2_ws.start(["msaf-bag", "play", str(drive), "--clock", "--rate", "0.5",
+                              "--delay", "3"], d, tmp_path / "play.log")
+        assert probe.spin_until(lambda: play.proc.poll() is not None, 240), play.output
+        probe.spin_until(lambda: False, 5.0)            # the last frame's labels
+        assert play.stop() == 0 and "202 messages (/camera/gt_labels 101, " \
+            "/camera/image_raw/compressed 101)" in play.output, play.output
+        latency = [float(v["latency_ms_mean"]) for v in map(values_of, diags)
+                   if v and int(v["frames_processed"]) > 0]
+    finally:
+        rc = launch.stop()
+        probe.close()
+    assert rc == 0, launch.output
+    assert len(labels) >= 3, launch.output[-3000:]
+    scorer = Scorer(len(CAMVID_CLASSES), set(gt), set(gt), lambda _: None)
+    for m in labels:
+        key = header_key(m)
+        assert key in gt and m.header.frame_id == key[1]
+        scorer.prediction(key, msg_array(m))
+    for key, g in gt.items():
+        scorer.ground_truth(key, g)
+    summary = scorer.summary(CAMVID_CLASSES)
+    assert scorer.matched == len(labels)
+    assert summary["pixel_accuracy"] > 0.8 and summary["miou"] > 0.4, summary
+    assert latency and 0 <= min(latency) < 60_000     # against /clock, not the wall clock
