@@ -50,6 +50,7 @@ setup(
     entry_points={
         "console_scripts": [
             "segment_node = msaf_ros.segment_node:main",
+            "segment_lifecycle_node = msaf_ros.lifecycle:main",
             "msaf-train = msaf_core.tools.train:main",
             "msaf-eval = msaf_core.tools.evaluate:main",
             "msaf-export = msaf_core.tools.export:main",

@@ -9,6 +9,7 @@ something that is not a bag. No rclpy.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -144,6 +145,14 @@ def _faithful_writer_class() -> Any:
     return FaithfulWriter
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _full_message(output: Path, e: OSError) -> str:
+    return (f"{output}: the disk is full ({e.strerror or e}) while writing the output bag; "
+            f"the unfinished output was removed. Free space there or choose another OUTPUT")
+
+
 class OutputBag:
     """The output bag while it is written: a context manager around a rosbags Writer.
 
@@ -240,12 +249,16 @@ class OutputBag:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self._discard()
+            if isinstance(exc, OSError) and exc.errno in _FULL:
+                raise BagError(_full_message(self.output, exc)) from None
             return
         try:
             self.close()
             self._install()
         except OSError as e:
-            shutil.rmtree(self.staging, ignore_errors=True)
+            self._discard()
+            if e.errno in _FULL:
+                raise BagError(_full_message(self.output, e)) from None
             raise BagError(f"{self.output}: cannot move the finished bag into place "
                            f"({first_line(e)})") from None
         except BaseException:

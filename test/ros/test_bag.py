@@ -245,3 +245,29 @@ def test_copied_messages_keep_sequence_publish_time_and_channel_metadata(tmp_pat
     for topic, meta in out_chans.values():
         assert meta.get("topic_type_hash") == IMAGE_RIHS01, (topic, meta)
         assert "offered_qos_profiles" in meta
+
+
+def test_disk_full_while_writing_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC in the middle of the output: a BagError that says the disk is full, and neither
+    OUTPUT nor OUTPUT.partial is left behind."""
+    import errno
+
+    from msaf_ros.bag import output
+    from msaf_ros.errors import BagError
+    rgb = synth_frames(1, h=8, w=8)[0]
+    msgs = [("/cam/image", IMAGE, T0 + i * PERIOD, bag_image_msg(rgb, "rgb8", T0 + i * PERIOD))
+            for i in range(4)]
+    inp = write_bag(tmp_path / "in", "mcap", msgs)
+    calls = []
+    real = output.OutputBag.write
+
+    def write(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+    monkeypatch.setattr(output.OutputBag, "write", write)
+    with pytest.raises(BagError, match="disk is full .*No space left on device.*removed"):
+        segment_bag(inp, tmp_path / "out", ["/cam/image"], segmenter=FakeSeg(),
+                    log=lambda s: None)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
