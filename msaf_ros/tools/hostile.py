@@ -70,14 +70,16 @@ def _rss_kb(pid: int) -> Dict[str, int]:
     return out
 
 
-def run(checkpoint: Optional[str], n_bad: int, id_bytes: int, domain: int = 83,
+def run(checkpoint: Optional[str], n_bad: int, id_bytes: int, domain: int = 93,
         timeout: float = 120.0) -> Dict[str, Any]:
     """Start the node, feed it the hostile input, return the figures."""
+    from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
     from sensor_msgs.msg import CompressedImage  # noqa: PLC0415
 
     import cv2  # noqa: PLC0415
 
     from .node_process import NodeProcess, Probe  # noqa: PLC0415
+    from ..diagnostics import values_of  # noqa: PLC0415
     from ..msgs import set_stamp  # noqa: PLC0415
 
     params: Dict[str, Any] = {"input_transport": "compressed", "qos_reliability": "reliable",
@@ -90,7 +92,13 @@ def run(checkpoint: Optional[str], n_bad: int, id_bytes: int, domain: int = 83,
         node.wait_ready()
         pub = probe.publisher(CompressedImage, "/hostile/image/compressed")
         labels = probe.subscribe(type_of_labels(), "/labels")
+        diags = probe.subscribe(DiagnosticArray, "/diagnostics")
         probe.wait_matched([pub], ["/labels"])
+
+        def received() -> int:
+            vals = [values_of(d) for d in diags]
+            vals = [v for v in vals if v is not None]
+            return int(vals[-1]["frames_received"]) if vals else 0
         ok, good = cv2.imencode(".jpg", np.random.default_rng(0).integers(
             0, 256, (120, 160, 3), np.uint8))
 
@@ -111,27 +119,30 @@ def run(checkpoint: Optional[str], n_bad: int, id_bytes: int, domain: int = 83,
         wait_label(1 * 10**9)
         time.sleep(1.0)
         before = _rss_kb(node.proc.pid)
-        log_before = len(node.stdout) + len(node.stderr)
+        out0, err0 = len(node.stdout), len(node.stderr)
+        log_before = out0 + err0
         send(png_bomb(), "bomb_png", 2 * 10**9, "png")
         send(jpeg_bomb(), "bomb_jpeg", 3 * 10**9, "jpeg")
         for i in range(n_bad):
             send(b"\xff\xd8\xff\xe0 not really a jpeg \xff\xd9", long_frame_id(i, id_bytes),
                  (10 + i) * 10**9)
-            if i % 200 == 199:
-                probe.spin_for(0.05)       # let the node keep up (a reliable publisher)
-        probe.spin_for(2.0)
+            time.sleep(0.002)  # paced: every one reaches the node (its subscription keeps 5)
+        probe.spin_until(lambda: received() >= n_bad + 3, 30.0)
         t_good = 10**6 * 10**9
         send(good.tobytes(), "cam", t_good)
         t_next = wait_label(t_good)
         time.sleep(1.0)
         after = _rss_kb(node.proc.pid)
         log_bytes = len(node.stdout) + len(node.stderr) - log_before
+        log_lines = node.stdout[out0:].count("\n") + node.stderr[err0:].count("\n")
+        warm = [ln.split("]: ", 1)[-1] for ln in node.output.splitlines() if "warm-up" in ln]
         return dict(rss_before_mb=before["VmRSS"] / 1024, rss_after_mb=after["VmRSS"] / 1024,
                     rss_growth_mb=(after["VmRSS"] - before["VmRSS"]) / 1024,
                     peak_rss_mb=after["VmHWM"] / 1024,
                     peak_growth_mb=(after["VmHWM"] - before["VmHWM"]) / 1024,
                     log_bytes=log_bytes, next_good_frame_s=t_next, bad_frames=n_bad,
-                    id_bytes=id_bytes)
+                    id_bytes=id_bytes, frames_received_by_node=received(),
+                    log_lines=log_lines, warm_up=warm[0] if warm else "")
     finally:
         probe.close()
         node.close()
@@ -148,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--checkpoint", default=None, help="model (default: the bundled one)")
     ap.add_argument("--bad", type=int, default=3000, help="undecodable frames to send")
     ap.add_argument("--id-bytes", type=int, default=10_000, help="length of their frame_ids")
-    ap.add_argument("--domain", type=int, default=83, help="ROS domain id")
+    ap.add_argument("--domain", type=int, default=93, help="ROS domain id")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     a = ap.parse_args(argv)
     fig = run(a.checkpoint, a.bad, a.id_bytes, a.domain)

@@ -229,6 +229,19 @@ def test_compressed_faults(tiny_checkpoint, probe, frames, make_seg):
         node.close()
 
 
+def test_compressed_bombs_and_thousands_of_huge_ids(tiny_checkpoint):
+    """Issue 16's hostile camera against a compressed-input node: a PNG and a JPEG that
+    declare 30000x30000 pixels (4-6 GB decoded) and 1,500 undecodable frames from distinct
+    10 KB frame_ids. The node's peak RSS grows by less than 1 GB, its RSS by less than
+    200 MB, it logs less than 5 MB, and segments the next good frame within 10 s.
+    (``python -m msaf_ros.tools.hostile`` runs the same with 3,000 frames and prints it.)"""
+    from msaf_ros.tools.hostile import run
+    fig = run(str(tiny_checkpoint), n_bad=1500, id_bytes=10_000, domain=73)
+    assert fig["frames_received_by_node"] == 1500 + 3, fig
+    assert fig["peak_growth_mb"] < 1024 and fig["rss_growth_mb"] < 200, fig
+    assert fig["log_bytes"] < 5 * 2**20 and fig["next_good_frame_s"] < 10, fig
+
+
 @pytest.mark.parametrize("sig,busy", [(signal.SIGINT, False), (signal.SIGTERM, False),
                                       (signal.SIGTERM, True)],
                          ids=["SIGINT-idle", "SIGTERM-idle", "SIGTERM-during-inference"])
