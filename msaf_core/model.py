@@ -50,6 +50,18 @@ def _no_timer(name: str) -> ContextManager:
     return contextlib.nullcontext()
 
 
+def exporting() -> bool:
+    """True while ``torch.onnx.export`` or ``torch.export`` traces the model. The CPU
+    inference loops below (chunks sized by Python integers) then give way to their
+    whole-tensor form, which computes the same values and exports with dynamic sizes."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
+
+
+def _cpu_chunks(x: Tensor) -> bool:
+    """Whether inference on ``x`` takes the chunked CPU path (no gradients, CPU, eager)."""
+    return not torch.is_grad_enabled() and x.device.type == "cpu" and not exporting()
+
+
 # -------------------------------------------------------------------------------------------
 # Building blocks
 # -------------------------------------------------------------------------------------------
@@ -113,8 +125,7 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x: Tensor, query: Union[int, slice, None] = None) -> Tensor:  # (N, L, d)
-        if (query is None and x.shape[1] > INFER_CHUNK and not torch.is_grad_enabled()
-                and x.device.type == "cpu"):
+        if query is None and x.shape[1] > INFER_CHUNK and _cpu_chunks(x):
             return self._forward_query_chunks(x)
         # The residual sums are accumulated into the fresh outputs of the attention and the
         # MLP (their backward does not need them): fewer large temporaries per call.
@@ -156,7 +167,7 @@ def per_pixel_block(block: TransformerBlock, maps: Sequence[Tensor], embed: Tens
     the result is the same; the temporaries stay small and cache-resident)."""
     rows = [pixel_rows(z) for z in maps]
     n_pix, d = rows[0].shape
-    if torch.is_grad_enabled() or rows[0].device.type != "cpu":  # GPUs prefer whole tensors
+    if not _cpu_chunks(rows[0]):  # training, GPUs (they prefer whole tensors), export
         y = block(torch.stack(rows, dim=1) + embed, query=query)
         return y.reshape(n_pix, -1)
     lq = 1 if query is not None else len(rows)
@@ -320,7 +331,7 @@ def modulated_deform_conv(x: Tensor, offset: Tensor, mask: Tensor, weight: Tenso
     grid = torch.stack([px * (2.0 / (w - 1)) - 1.0, py * (2.0 / (h - 1)) - 1.0], dim=-1)
     xg = x.reshape(b * g, c // g, h, w)
     wm = weight.reshape(o, c * kk)
-    if x.device.type != "cpu" or (torch.is_grad_enabled() and (
+    if x.device.type != "cpu" or exporting() or (torch.is_grad_enabled() and (
             x.requires_grad or offset.requires_grad or mask.requires_grad or weight.requires_grad)):
         samp = F.grid_sample(xg, grid.view(b * g, kk * h, w, 2), mode="bilinear",
                              padding_mode="zeros", align_corners=True)
@@ -447,7 +458,9 @@ class MSAF(nn.Module):
 
     # -- everything after the backbone --------------------------------------------------------
     def head(self, x_tm2: Optional[Tensor], x_tm1: Optional[Tensor], cur: Dict[str, Tensor],
-             out_size: Tuple[int, int]) -> Dict[str, Tensor]:
+             out_size: Optional[Tuple[int, int]]) -> Dict[str, Tensor]:
+        """Everything after the backbone: logits upsampled to ``out_size`` (H, W), or left on
+        the 1/8 grid when ``out_size`` is None (the exported head; the caller upsamples)."""
         cfg = self.cfg
         timed = self.stage_timer or _no_timer  # benchmarks time the stages through this
         x_t = cur["x"]                                                  # (B, d, h, w)
@@ -497,7 +510,11 @@ class MSAF(nn.Module):
             else:  # state_only
                 logits = pixel_logits
 
-        up = lambda z: F.interpolate(z, size=out_size, mode="bilinear", align_corners=False)  # noqa: E731
+        def up(z: Tensor) -> Tensor:
+            if out_size is None:
+                return z
+            return F.interpolate(z, size=out_size, mode="bilinear", align_corners=False)
+
         with timed("upsample"):
             res["out"] = up(logits)
         if self.training:

@@ -210,3 +210,26 @@ def test_segmenter_folds_batchnorm_with_the_same_labels(frames):
         a = plain.segment(f, stamp_ns=i * 66 * MS)
         b = folded.segment(f, stamp_ns=i * 66 * MS)
         assert (a == b).mean() >= 0.999
+
+
+def test_export_paths_compute_what_the_inference_loops_compute(monkeypatch):
+    """While exporting, the CPU inference loops (attention in query chunks, per-pixel blocks in
+    pixel chunks, the deformable convolution in row blocks) give way to whole-tensor forms
+    with dynamic sizes, and the head can stop at the 1/8 grid. Same values (float64), on a
+    grid large enough for every chunked path to take several chunks."""
+    import torch.nn.functional as F
+
+    import msaf_core.model as msaf_model
+    model = make_tiny_model().double()
+    monkeypatch.setattr(msaf_model, "INFER_CHUNK", 64)
+    monkeypatch.setattr(msaf_model, "DCN_CHUNK", 32)
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 3, 96, 128, generator=g, dtype=torch.float64) for _ in range(3)]
+    with torch.inference_mode():
+        feats = [model.extract(f) for f in frames]
+        chunked = model.head(feats[0]["x"], feats[1]["x"], feats[2], (96, 128))["out"]
+        monkeypatch.setattr(msaf_model, "exporting", lambda: True)
+        grid = model.head(feats[0]["x"], feats[1]["x"], feats[2], None)["out"]
+        whole = F.interpolate(grid, size=(96, 128), mode="bilinear", align_corners=False)
+    assert grid.shape == (1, model.cfg.num_classes, 12, 16)
+    torch.testing.assert_close(whole, chunked, rtol=1e-9, atol=1e-9)
