@@ -4,8 +4,8 @@
     ros2 launch msaf_ros segment.launch.py image_topic:=/cam_front/image_raw \
         namespace:=front checkpoint:=/models/msaf_r18_camvid.pt device:=cuda rviz:=true
 
-Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time, rviz.
-``checkpoint`` and ``device`` override params_file when not empty.
+Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time, rviz,
+lifecycle. ``checkpoint`` and ``device`` override params_file when not empty.
 
 - params_file is read here with the rules rclpy applies to a ``--params-file``: every entry
   whose node name matches this node's full name (``/**``, ``/**/segment_node``,
@@ -15,6 +15,9 @@ Arguments: image_topic, checkpoint, device, namespace, params_file, use_sim_time
 - segment_node is required: when it exits, the launch ends; when it fails (exit code not 0,
   e.g. a bad checkpoint) ``ros2 launch`` exits with code 1.
 - ``rviz:=true`` where rviz2 is not installed stops before anything is started.
+- ``lifecycle:=true`` runs the managed node (``segment_lifecycle_node``): it waits
+  unconfigured until a lifecycle manager (or the lifecycle_msgs services) configures and
+  activates it.
 
 Works on Humble, Jazzy and Kilted (launch, launch_ros.actions.Node only; the share
 directory comes from msaf_ros.resources, which asks the ament index first).
@@ -37,6 +40,7 @@ from msaf_ros.resources import share_dir
 
 PACKAGE = 'msaf_ros'
 EXECUTABLE = 'segment_node'
+LIFECYCLE_EXECUTABLE = 'segment_lifecycle_node'
 NODE_NAME = 'segment_node'
 PARAMS_FILE = 'config/msaf.yaml'
 RVIZ_FILE = 'config/msaf.rviz'
@@ -148,9 +152,10 @@ def launch_setup(context, *args, **kwargs):
     params['use_sim_time'] = use_sim_time
     image_topic = arg('image_topic')
     ns_kw = {'namespace': namespace} if namespace else {}
+    lifecycle = arg('lifecycle').lower() in TRUE
     node = Node(
         package=PACKAGE,
-        executable=EXECUTABLE,
+        executable=LIFECYCLE_EXECUTABLE if lifecycle else EXECUTABLE,
         name=NODE_NAME,
         **ns_kw,
         parameters=[params],
@@ -196,5 +201,8 @@ def generate_launch_description():
                               description='Use /clock (true when playing a bag with --clock)'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='Start RViz2 with config/msaf.rviz'),
+        DeclareLaunchArgument('lifecycle', default_value='false',
+                              description='Run the managed (lifecycle) node: it waits '
+                                          'unconfigured for configure and activate'),
         OpaqueFunction(function=launch_setup),
     ])

@@ -238,10 +238,12 @@ def declare(node: Any) -> Dict[str, Any]:
 
 def declare_outputs(node: Any, class_names: Sequence[str], palette: Sequence[Sequence[int]]
                     ) -> None:
-    """Declare the read-only parameters the node sets from its model."""
+    """Declare the read-only parameters the node sets from its model (once: a managed node
+    configured again after cleanup loads the same checkpoint)."""
     flat = [int(v) for c in palette for v in c]
     for name, value in (("class_names", list(class_names)), ("class_palette", flat)):
-        node.declare_parameter(name, value, descriptor(BY_NAME[name]), ignore_override=True)
+        if not node.has_parameter(name):
+            node.declare_parameter(name, value, descriptor(BY_NAME[name]), ignore_override=True)
 
 
 def unknown_overrides(node: Any) -> Tuple[str, ...]:

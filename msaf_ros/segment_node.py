@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from . import diagnostics, params
 from . import image_codec as ic
@@ -43,16 +43,23 @@ from .worker import InferenceWorker
 class SegmentNode:
     """The node. Built in steps so start-up faults become one-line errors:
     ``SegmentNode(...)`` declares and checks the parameters, :meth:`load_model` loads the
-    checkpoint, :meth:`start` creates the topics and starts the worker."""
+    checkpoint, :meth:`start` creates the topics (:meth:`open_outputs`) and starts the
+    worker (:meth:`open_input`); the managed node (:mod:`msaf_ros.lifecycle`) runs these
+    steps from its transitions. ``node``: the rclpy node to wire (default: a new one)."""
 
-    def __init__(self, context: Any = None, **node_kw: Any) -> None:
-        from rclpy.node import Node  # noqa: PLC0415
-
-        self.node = Node(NODE_NAME, context=context, **node_kw)
+    def __init__(self, context: Any = None, node: Any = None, **node_kw: Any) -> None:
+        if node is None:
+            from rclpy.node import Node  # noqa: PLC0415
+            node = Node(NODE_NAME, context=context, **node_kw)
+        self.node = node
         self.log = self.node.get_logger()
         self.cfg = params.declare(self.node)
         self.seg: Any = None
         self.worker: Optional[InferenceWorker] = None
+        self.sub: Any = None
+        self.diag_timer: Any = None
+        self.log_timer: Any = None
+        self.pubs: List[Any] = []
         self.stats = Stats()
         self.input_topic = ""
         for key in ("diag", "log"):
@@ -66,14 +73,22 @@ class SegmentNode:
 
     def start(self) -> None:
         """Create the publishers and the subscription, start the worker and the timers."""
-        from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
-        from sensor_msgs.msg import CompressedImage, Image  # noqa: PLC0415
+        self.open_outputs()
+        self.open_input()
+
+    @staticmethod
+    def _qos_kw() -> Dict[str, Any]:
         try:
             from rclpy.qos_overriding_options import QoSOverridingOptions  # noqa: PLC0415
-            kw = {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
+            return {"qos_overriding_options": QoSOverridingOptions.with_default_policies()}
         except ImportError:  # very old rclpy
-            kw = {}
-        n, cfg = self.node, self.cfg
+            return {}
+
+    def open_outputs(self) -> None:
+        """The publishers: labels, color_mask, overlay, /diagnostics, the latched class info."""
+        from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
+        from sensor_msgs.msg import Image  # noqa: PLC0415
+        n, kw = self.node, self._qos_kw()
         out_qos = qos(reliable=True, depth=2)
         self._Image = Image
         self.pub_labels = n.create_publisher(Image, "labels", out_qos, **kw)
@@ -81,7 +96,14 @@ class SegmentNode:
         self.pub_overlay = n.create_publisher(Image, "overlay", out_qos, **kw)
         self.pub_diag = n.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._publish_class_info()
+        self.pubs = [self.pub_labels, self.pub_color, self.pub_overlay, self.pub_diag,
+                     self.pub_class_info] + ([self.pub_label_info] if self.pub_label_info
+                                             else [])
 
+    def open_input(self) -> None:
+        """Start the worker, subscribe the input, start the health timers."""
+        from sensor_msgs.msg import CompressedImage, Image  # noqa: PLC0415
+        n, cfg, kw = self.node, self.cfg, self._qos_kw()
         compressed = cfg["input_transport"] == "compressed"
         self.worker = InferenceWorker(
             self.seg, self._publish, stats=self.stats, log=self.log, compressed=compressed,
@@ -103,10 +125,10 @@ class SegmentNode:
         # or absent bag player) ROS-time timers never fire, yet the node is alive.
         from rclpy.clock import Clock, ClockType  # noqa: PLC0415
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._diag_timer = n.create_timer(cfg["diagnostics_period"], self._publish_diagnostics,
-                                          clock=steady)
-        self._log_timer = (n.create_timer(cfg["log_period"], self._log_summary, clock=steady)
-                           if cfg["log_period"] > 0 else None)
+        self.diag_timer = n.create_timer(cfg["diagnostics_period"], self._publish_diagnostics,
+                                         clock=steady)
+        self.log_timer = (n.create_timer(cfg["log_period"], self._log_summary, clock=steady)
+                          if cfg["log_period"] > 0 else None)
         kind = "sensor_msgs/CompressedImage" if compressed else "sensor_msgs/Image"
         self.log.info(f"listening on {self.input_topic} ({kind}, {cfg['qos_reliability']}); "
                       f"publishing {self.pub_labels.topic_name}, {self.pub_color.topic_name}, "
@@ -180,18 +202,26 @@ class SegmentNode:
         self.node.destroy_node()
 
 
-def main(args: Optional[List[str]] = None, fast_exit: bool = True) -> int:
+#: build(stop, keep): create the node, hand it to ``keep`` at once, bring it up unless ``stop``.
+Build = Callable[[threading.Event, Callable[[Any], None]], None]
+
+
+def main(args: Optional[List[str]] = None, fast_exit: bool = True,
+         build: Optional[Build] = None) -> int:
     """Console script ``segment_node``. Exit codes: 0 clean stop (also on SIGINT/SIGTERM),
     1 bad configuration or start-up failure (one line on stderr).
 
     ``fast_exit``: after the node and ROS 2 are shut down, end the process with
     ``os._exit`` instead of returning: Python's finalisation of torch and rclpy modules
     takes seconds, and SIGINT/SIGTERM must end the node within two. Pass False to get the
-    exit code returned (for callers that keep running)."""
+    exit code returned (for callers that keep running). ``build``: how the node is made and
+    brought up (default: the plain node, started at once; msaf_ros.lifecycle passes the
+    managed one)."""
     stop = threading.Event()
     argv = sys.argv if args is None else args
     outcome = {"clean": True}
-    code = run_cli(f"[{NODE_NAME}]", lambda: _run(argv, stop, outcome), stop=stop)
+    code = run_cli(f"[{NODE_NAME}]", lambda: _run(argv, stop, outcome, build or _plain),
+                   stop=stop)
     if fast_exit or not outcome["clean"]:
         # Nothing is left to clean up: the node, its topics and ROS 2 are shut down. When
         # the worker is still inside a long forward pass it is not waited for either.
@@ -204,7 +234,17 @@ def main(args: Optional[List[str]] = None, fast_exit: bool = True) -> int:
     return code
 
 
-def _run(argv: List[str], stop: threading.Event, outcome: Dict[str, bool]) -> int:
+def _plain(stop: threading.Event, keep: Callable[[Any], None]) -> None:
+    app = SegmentNode()
+    keep(app)
+    if not stop.is_set():
+        app.load_model()
+    if not stop.is_set():
+        app.start()
+
+
+def _run(argv: List[str], stop: threading.Event, outcome: Dict[str, bool],
+         build: Build) -> int:
     """Start ROS 2 and the node, spin until ``stop``, shut both down."""
     try:
         import rclpy  # noqa: PLC0415
@@ -216,22 +256,19 @@ def _run(argv: List[str], stop: threading.Event, outcome: Dict[str, bool]) -> in
             rclpy.init(args=argv)
     except Exception as e:  # noqa: BLE001 - bad --ros-args, no RMW, ...
         raise StartupError(f"cannot initialise ROS 2: {one_line(e)}") from None
-    app: Optional[SegmentNode] = None
+    apps: List[Any] = []
     ok = False
     try:
-        app = SegmentNode()
-        if not stop.is_set():
-            app.load_model()
-        if not stop.is_set():
-            app.start()
+        build(stop, apps.append)
+        if apps and not stop.is_set():
             executor = SingleThreadedExecutor()
-            executor.add_node(app.node)
+            executor.add_node(apps[0].node)
             while not stop.is_set() and rclpy.ok():
                 executor.spin_once(timeout_sec=0.1)
         ok = True
         return 0
     finally:
-        if app is not None:
+        for app in apps:
             outcome["clean"] = app.stop(timeout=0.5)
             if ok:
                 app.log.info("shutting down")

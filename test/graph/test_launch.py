@@ -244,3 +244,27 @@ def test_sample_drive_replayed_live_with_clock_is_segmented_and_scored(ros2_ws, 
     assert scorer.matched == len(labels)
     assert summary["pixel_accuracy"] > 0.8 and summary["miou"] > 0.4, summary
     assert latency and 0 <= min(latency) < 60_000     # against /clock, not the wall clock
+
+
+def test_launch_lifecycle_node_is_managed(ros2_ws, tiny_checkpoint, tmp_path):
+    """``ros2 launch ... lifecycle:=true``: the node waits unconfigured; ``ros2 service call``
+    of its lifecycle_msgs services configures and activates it."""
+    d = DOMAIN + 4
+    launch = ros2_ws.start(["ros2", "launch", "msaf_ros", "segment.launch.py", "lifecycle:=true",
+                            "namespace:=managed", f"checkpoint:={tiny_checkpoint}"], d,
+                           tmp_path / "launch.log")
+    try:
+        assert launch.wait_for("unconfigured: waiting for configure"), launch.output
+
+        def call(service, srv, request=""):
+            return ros2_ws.retry(["ros2", "service", "call", f"/managed/segment_node/{service}",
+                                  f"lifecycle_msgs/srv/{srv}"] + ([request] if request else []),
+                                 d, lambda r: "response:" in r.stdout).stdout
+        assert "label='unconfigured'" in call("get_state", "GetState")
+        assert "success=True" in call("change_state", "ChangeState", "{transition: {id: 1}}")
+        assert "success=True" in call("change_state", "ChangeState", "{transition: {id: 3}}")
+        assert "label='active'" in call("get_state", "GetState")
+        assert launch.wait_for("listening on /camera/image_raw"), launch.output
+    finally:
+        rc = launch.stop()
+    assert rc == 0, launch.output

@@ -522,3 +522,93 @@ def test_health_reporting_on_steady_time_under_sim_time(tiny_checkpoint, probe):
         assert n.wait_for("cache resets, 0 errors", 30), n.output[-2000:]   # the log summary
     finally:
         n.close()
+
+
+# -- the managed (lifecycle) node --------------------------------------------------------------
+def _change_state(probe, client, transition_id):
+    from lifecycle_msgs.srv import ChangeState
+    req = ChangeState.Request()
+    req.transition.id = transition_id
+    fut = client.call_async(req)
+    assert probe.spin_until(fut.done, 120)
+    return fut.result().success
+
+
+def _state(probe, client):
+    from lifecycle_msgs.srv import GetState
+    fut = client.call_async(GetState.Request())
+    assert probe.spin_until(fut.done, 30)
+    return fut.result().current_state.label
+
+
+def test_lifecycle_node_transitions(tiny_checkpoint, probe, val_frames, reference):
+    """segment_lifecycle_node through the lifecycle_msgs services: unconfigured (no model, no
+    topics) -> configure (model, publishers, latched class info) -> activate (input
+    subscribed, frames segmented) -> deactivate (input gone) -> cleanup (publishers gone) ->
+    configure and activate again (segments again) -> Ctrl-C, exit code 0."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    n = NodeProcess({"checkpoint": str(tiny_checkpoint), "qos_reliability": "reliable",
+                     "threads": 1}, DOMAIN, remaps=[("image", "/lc_cam/image_raw")],
+                    args=["-r", "__ns:=/lc"])
+    n.cmd[n.cmd.index("msaf_ros.segment_node")] = "msaf_ros.lifecycle"
+    n.start()
+    node = probe.node
+    try:
+        assert n.wait_for("unconfigured: waiting for configure", 90), n.output
+        change = node.create_client(ChangeState, "/lc/segment_node/change_state")
+        get = node.create_client(GetState, "/lc/segment_node/get_state")
+        assert change.wait_for_service(timeout_sec=30) and get.wait_for_service(timeout_sec=30)
+        assert _state(probe, get) == "unconfigured"
+        assert not node.get_publishers_info_by_topic("/lc/labels")
+        assert _change_state(probe, change, Transition.TRANSITION_CONFIGURE)
+        assert _state(probe, get) == "inactive"
+        assert probe.spin_until(lambda: node.get_publishers_info_by_topic("/lc/labels"), 30)
+        assert not node.get_subscriptions_info_by_topic("/lc_cam/image_raw")
+        info = probe.subscribe(String, "/lc/class_info", probe.qos(latched=True, depth=1))
+        assert probe.spin_until(lambda: len(info) > 0, 30)
+        pub = probe.publisher(Image, "/lc_cam/image_raw")
+        box = probe.subscribe(Image, "/lc/labels")
+        rgb = small(val_frames[0][0])
+        for rounds in range(2):
+            assert _change_state(probe, change, Transition.TRANSITION_ACTIVATE)
+            assert _state(probe, get) == "active"
+            probe.wait_matched([pub], ["/lc/labels"])
+            stamp = T0 + rounds * 100 * SEC
+            pub.publish(image_msg(rgb, "lc", stamp))
+            assert probe.spin_until(lambda: find(box, "lc", stamp) is not None, 60), n.output
+            assert np.array_equal(msg_array(find(box, "lc", stamp)),
+                                  reference().segment(rgb, "x", stamp))
+            assert _change_state(probe, change, Transition.TRANSITION_DEACTIVATE)
+            assert probe.spin_until(lambda: pub.get_subscription_count() == 0, 30)
+            assert _change_state(probe, change, Transition.TRANSITION_CLEANUP)
+            assert _state(probe, get) == "unconfigured"
+            assert probe.spin_until(
+                lambda: not node.get_publishers_info_by_topic("/lc/labels"), 30)
+            if rounds == 0:
+                assert _change_state(probe, change, Transition.TRANSITION_CONFIGURE)
+        assert "cleaned up: publishers destroyed, model freed" in n.output
+        rc, _ = n.signal(signal.SIGINT, timeout=30)
+        assert rc == 0, n.output
+    finally:
+        n.close()
+
+
+def test_lifecycle_configure_failure_keeps_the_node_unconfigured(probe):
+    """A checkpoint that cannot load: configure fails with the one-line reason in the log,
+    the node stays up and unconfigured."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+    n = NodeProcess({"checkpoint": "/nonexistent/model.pt"}, DOMAIN, args=["-r", "__ns:=/lcbad"])
+    n.cmd[n.cmd.index("msaf_ros.segment_node")] = "msaf_ros.lifecycle"
+    n.start()
+    try:
+        assert n.wait_for("unconfigured: waiting for configure", 90), n.output
+        change = probe.node.create_client(ChangeState, "/lcbad/segment_node/change_state")
+        get = probe.node.create_client(GetState, "/lcbad/segment_node/get_state")
+        assert change.wait_for_service(timeout_sec=30)
+        assert not _change_state(probe, change, Transition.TRANSITION_CONFIGURE)
+        assert _state(probe, get) == "unconfigured" and n.alive()
+        assert n.wait_for("configure failed: parameter 'checkpoint': /nonexistent/model.pt", 10)
+    finally:
+        n.close()

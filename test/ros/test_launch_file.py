@@ -14,7 +14,7 @@ LAUNCH = ROOT / "launch" / "segment.launch.py"
 YAML = ROOT / "config" / "msaf.yaml"
 RVIZ = ROOT / "config" / "msaf.rviz"
 ARGUMENTS = {"image_topic", "checkpoint", "device", "namespace", "params_file", "use_sim_time",
-             "rviz"}
+             "rviz", "lifecycle"}
 
 
 def console_scripts():
@@ -66,7 +66,8 @@ def test_launch_names_only_existing_executables():
     tree = launch_tree()
     consts = constants(tree)
     scripts = console_scripts()
-    assert consts["EXECUTABLE"] in scripts, f"{consts['EXECUTABLE']!r} is not in {scripts}"
+    for name in ("EXECUTABLE", "LIFECYCLE_EXECUTABLE"):
+        assert consts[name] in scripts, f"{consts[name]!r} is not a console script {scripts}"
     nodes = list(calls(tree, "Node"))
     assert len(nodes) == 2, "segment_node and rviz2"
     packages = set()
@@ -78,7 +79,8 @@ def test_launch_names_only_existing_executables():
             assert value_of(kw["executable"], consts) == "rviz2"
         else:
             assert pkg == "msaf_ros" and value_of(kw["name"], consts) == "segment_node"
-            assert value_of(kw["executable"], consts) == "segment_node"
+            assert ast.unparse(kw["executable"]) == \
+                "LIFECYCLE_EXECUTABLE if lifecycle else EXECUTABLE"
             assert "emulate_tty" not in kw          # a tty makes rcutils write ANSI colours
     assert packages == {"msaf_ros", "rviz2"}
 
