@@ -145,3 +145,55 @@ def test_resources_find_the_share_files():
     assert resources.launch_file().is_file()
     assert resources.default_params_file().read_text() == YAML.read_text()
     assert resources.candidates()[-1] == ROOT
+
+
+# What RViz 2 (ros2/rviz) registers and reads, from its sources:
+# - rviz_default_plugins/plugins_description.xml (commit ff1b2d43e87dc9a5053995e1364be53f3546b685):
+#   the plugin class names below (displays, tools, the TF frame transformer, view controllers);
+# - rviz_common/default.rviz (commit bfc212a0d24663e5743aba8199e89e2add6d3695): the panels
+#   rviz_common registers itself (no plugin description);
+# - rviz_default_plugins/src/.../displays/image/image_display.cpp (commit
+#   cacc73f15ece4ebda4460966f3ccb38783cd4d7f): the Image display's own properties;
+# - rviz_common/src/rviz_common/properties/qos_profile_property.cpp (commit
+#   a379141255e9b41799746ca629658a47189a7dc3): the QoS sub-properties of a display's Topic
+#   and their values.
+RVIZ_PANELS = {"rviz_common/Displays", "rviz_common/Selection", "rviz_common/Tool Properties",
+               "rviz_common/Views", "rviz_common/Time"}
+RVIZ_DISPLAYS = {"rviz_default_plugins/Image", "rviz_default_plugins/Camera",
+                 "rviz_default_plugins/Grid", "rviz_default_plugins/TF"}
+RVIZ_TOOLS = {"rviz_default_plugins/Interact", "rviz_default_plugins/MoveCamera",
+              "rviz_default_plugins/Select", "rviz_default_plugins/FocusCamera",
+              "rviz_default_plugins/Measure", "rviz_default_plugins/SetInitialPose",
+              "rviz_default_plugins/SetGoal", "rviz_default_plugins/PublishPoint"}
+RVIZ_TRANSFORMERS = {"rviz_default_plugins/TF"}
+RVIZ_VIEWS = {"rviz_default_plugins/Orbit", "rviz_default_plugins/FPS",
+              "rviz_default_plugins/TopDownOrtho", "rviz_default_plugins/XYOrbit"}
+DISPLAY_KEYS = {"Class", "Enabled", "Name", "Value", "Topic"}     # every display saves these
+IMAGE_KEYS = {"Normalize Range", "Min Value", "Max Value", "Median window"}
+QOS_VALUES = {"History Policy": {"System Default", "Keep Last", "Keep All"},
+              "Reliability Policy": {"System Default", "Reliable", "Best Effort"},
+              "Durability Policy": {"System Default", "Transient Local", "Volatile"}}
+
+
+def test_rviz_config_uses_rviz_default_plugins_names_and_properties():
+    """config/msaf.rviz names only classes RViz 2 registers and gives the Image displays only
+    properties (and QoS values) that rviz_default_plugins reads; their QoS matches what the
+    node offers (input: best effort, the sensor-data profile; outputs: reliable)."""
+    cfg = yaml.safe_load(RVIZ.read_text())
+    assert {p["Class"] for p in cfg["Panels"]} <= RVIZ_PANELS
+    vm = cfg["Visualization Manager"]
+    assert {t["Class"] for t in vm["Tools"]} <= RVIZ_TOOLS
+    assert vm["Transformation"]["Current"]["Class"] in RVIZ_TRANSFORMERS
+    assert vm["Views"]["Current"]["Class"] in RVIZ_VIEWS
+    displays = vm["Displays"]
+    assert {d["Class"] for d in displays} <= RVIZ_DISPLAYS
+    for d in displays:
+        assert d["Class"] == "rviz_default_plugins/Image"
+        assert set(d) <= DISPLAY_KEYS | IMAGE_KEYS, set(d) - DISPLAY_KEYS - IMAGE_KEYS
+        topic = d["Topic"]
+        assert set(topic) == {"Value", "Depth"} | set(QOS_VALUES), topic
+        for key, values in QOS_VALUES.items():
+            assert topic[key] in values, (d["Name"], key, topic[key])
+        assert isinstance(topic["Depth"], int) and topic["Depth"] >= 1
+        want = "Best Effort" if d["Name"] == "Input" else "Reliable"
+        assert topic["Reliability Policy"] == want, d["Name"]
