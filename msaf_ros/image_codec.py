@@ -21,6 +21,12 @@ that owns its memory. Conventions:
 - ``step`` (row stride, bytes) may exceed ``width × bytes_per_pixel`` (row padding); the
   data must be exactly ``height × step`` bytes long.
 
+Compressed images (:func:`compressed_to_rgb`): JPEG, PNG, TIFF, BMP and WebP. Their size is
+read from the header first (:func:`compressed_header`) and a frame above ``max_pixels`` is
+refused without decoding, so a few KB that declare 30000×30000 pixels cost nothing. 16-bit
+images are reduced with ``>> 8`` and float ones scaled per frame, as raw ones are; the
+channel order follows compressed_image_transport's format string.
+
 Every problem with a message raises :class:`~msaf_ros.errors.ImageDecodeError` (a
 ``ValueError``) whose message says why; no other exception type escapes the decoders.
 """

@@ -75,7 +75,9 @@ class InferenceWorker:
         self.now_ns = now_ns
         self.input_topic = input_topic          # for log lines; set once subscribed
         self.slot = LatestSlot(max_keys=max_streams)   # one newest-frame slot per camera
-        self._throttle = Throttle(warn_period, max_keys=4 * self.max_streams)
+        # per kind, at most max_streams cameras get warnings of their own per warn_period
+        self._throttle = Throttle(warn_period, max_keys=4 * self.max_streams,
+                                  group_budget=self.max_streams)
         stats.max_streams = max(1, self.max_streams)
         self._known: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._stop = threading.Event()
@@ -209,7 +211,8 @@ class InferenceWorker:
                 self.stats.on_error(first_line(e))
                 if self._throttle("error") is not None:
                     self.log.error(f"inference failed on a frame from "
-                                   f"'{shorten(msg.header.frame_id)}': {shorten(first_line(e), 300)}")
+                                   f"'{shorten(msg.header.frame_id)}': "
+                                   f"{shorten(first_line(e), 300)}")
 
     def process(self, msg: Any) -> None:
         """Decode, segment and publish one frame (the worker thread's work)."""
@@ -260,7 +263,9 @@ class InferenceWorker:
             return
         n, shared = r
         if shared:     # more cameras than the throttle remembers: one line for all of them
-            more = f" ({n} more of this kind from any camera since the last such line)"
+            more = (f" (and {n} more of this kind from other cameras since the last such line)"
+                    if n else " (more cameras send bad frames than are warned about one by "
+                              "one: one line per warn_period for the rest)")
         else:
             more = f" ({n} more of this kind since the last warning)" if n else ""
         self.log.warning(f"dropped a bad frame from '{shorten(fid)}' on {self.input_topic} "
