@@ -51,11 +51,10 @@ class Workspace:
         self.root = root
         self.install = root / "install"
         self._env = env
-        self._domains: set = set()
 
     def env(self, domain: int, **extra: str) -> Dict[str, str]:
-        """The sourced workspace environment for ROS domain ``domain``."""
-        self._domains.add(domain)
+        """The sourced workspace environment for ROS domain ``domain`` (the tests pass
+        ``--no-daemon`` to the ros2 verbs that have it, so no daemon outlives them)."""
         env = dict(self._env)
         env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                    OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -83,13 +82,6 @@ class Workspace:
             if ok(res) or time.monotonic() > end:
                 return res
             time.sleep(1.0)
-
-    def stop_daemons(self) -> None:
-        for d in sorted(self._domains):
-            try:
-                self.run(["ros2", "daemon", "stop"], d, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 class Started:
@@ -171,7 +163,6 @@ def workspace() -> Workspace:
         raise RuntimeError(f"colcon build failed ({res.returncode}):\n"
                            f"{(res.stdout + res.stderr)[-3000:]}")
     ws = _BUILT["ws"] = Workspace(root, _sourced_env(root, base))
-    atexit.register(ws.stop_daemons)
     return ws
 
 
