@@ -40,7 +40,13 @@ setup(
     extras_require={
         "ros": ROS_WHEELS,
         "eval": ["opencv-python-headless"],
-        "test": ["pytest", "hypothesis", "opencv-python-headless"],
+        # inference engines (msaf-export --format, Segmenter backend=...; docs/deploy.md);
+        # onnx + onnxscript are what torch's ONNX exporter needs
+        "onnxruntime": ["onnxruntime", "onnx", "onnxscript"],
+        "openvino": ["openvino", "onnx", "onnxscript"],
+        "int8": ["nncf", "openvino", "onnx", "onnxscript"],
+        "test": ["pytest", "hypothesis", "opencv-python-headless",
+                 "onnx", "onnxscript", "onnxruntime", "openvino"],
     },
     zip_safe=False,
     maintainer="msaf_ros developers",

@@ -18,6 +18,11 @@ The cache of a stream resets (and ``on_reset(stream, reason)`` is called) when:
   with :meth:`observe`, so that the gap is measured between frames that *arrived*, not
   between frames that were segmented;
 - ``reset()`` is called (no callback).
+
+The network runs on torch by default, or on an inference engine (``backend=`` of
+:meth:`Segmenter.from_checkpoint`: ONNX Runtime, OpenVINO, TensorRT; see
+:mod:`msaf_core.backends`) that runs the exported encoder/head pair. The cache, the resets
+and the streams are the same whichever runs the network.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import BACKENDS, BackendError, Engine, open_engine
 from .checkpoint import default_checkpoint, load_checkpoint
 from .errors import InputError
 from .model import MSAF, fold_batchnorm
@@ -81,23 +87,45 @@ class Segmenter:
     them (:func:`~msaf_core.model.fold_batchnorm`; same result up to rounding, faster). The
     Segmenter takes ownership of ``model``: it is switched to eval mode, moved, and folded in
     place, so pass a copy of a model that is still being trained.
+
+    ``model`` may also be an :class:`~msaf_core.backends.Engine` (the exported graphs on an
+    inference engine, usually opened by :meth:`from_checkpoint` with ``backend=``); its
+    precision is the engine's, so ``half``/``bf16`` do not apply, and ``model`` is None.
     """
 
-    def __init__(self, model: MSAF, device: Union[str, torch.device] = "cpu", *,
+    def __init__(self, model: Union[MSAF, Engine], device: Union[str, torch.device] = "cpu", *,
                  size: Optional[Tuple[int, int]] = None, half: bool = False, bf16: bool = False,
                  max_gap_s: Optional[float] = 1.5, max_streams: int = 16,
                  channels_last: bool = True, fold_bn: bool = True) -> None:
+        self.engine: Optional[Engine] = model if isinstance(model, Engine) else None
+        if self.engine is not None:
+            self._init_engine(self.engine, device, half, bf16)
+        else:
+            self._init_torch(model, device, half, bf16, channels_last, fold_bn)
+        if size is not None and (len(size) != 2 or min(size) < MIN_SIZE):
+            raise ValueError(f"size must be (height, width) with sides >= {MIN_SIZE}, got {size!r}")
+        if max_gap_s is not None and max_gap_s <= 0:
+            raise ValueError(f"max_gap_s must be > 0 or None, got {max_gap_s!r}")
+        self.size = tuple(size) if size is not None else None
+        self.max_gap_ns = None if max_gap_s is None else int(max_gap_s * 1e9)
+        self.max_streams = max(1, int(max_streams))
+        self.on_reset: Optional[Callable[[str, str], None]] = None
+        self._streams: "collections.OrderedDict[str, _Stream]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self._mean = torch.tensor(self.cfg.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.cfg.std, device=self.device).view(1, 3, 1, 1)
+        self.checkpoint: Optional[Dict] = None
+
+    def _init_torch(self, model: MSAF, device, half: bool, bf16: bool, channels_last: bool,
+                    fold_bn: bool) -> None:
         self.device = resolve_device(device)
         if half and self.device.type != "cuda":
             raise ValueError("half precision needs a CUDA device")
         if bf16 and self.device.type != "cpu":
             raise ValueError("bf16 autocast is for the CPU; use half on CUDA")
         self.bf16 = bool(bf16)
-        if size is not None and (len(size) != 2 or min(size) < MIN_SIZE):
-            raise ValueError(f"size must be (height, width) with sides >= {MIN_SIZE}, got {size!r}")
-        if max_gap_s is not None and max_gap_s <= 0:
-            raise ValueError(f"max_gap_s must be > 0 or None, got {max_gap_s!r}")
-        self.model = model.eval().to(self.device)
+        self.backend = "torch"
+        self.model: Optional[MSAF] = model.eval().to(self.device)
         if fold_bn:  # the Segmenter owns its model, for inference only
             fold_batchnorm(self.model)
         if half:
@@ -105,28 +133,59 @@ class Segmenter:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.cfg = model.cfg
-        self.size = tuple(size) if size is not None else None
-        self.max_gap_ns = None if max_gap_s is None else int(max_gap_s * 1e9)
-        self.max_streams = max(1, int(max_streams))
-        self.on_reset: Optional[Callable[[str, str], None]] = None
-        self._streams: "collections.OrderedDict[str, _Stream]" = collections.OrderedDict()
-        self._lock = threading.Lock()
-        p = next(self.model.parameters())
-        self._mean = torch.tensor(self.cfg.mean, device=p.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.cfg.std, device=p.device).view(1, 3, 1, 1)
-        self.checkpoint: Optional[Dict] = None
+
+    def _init_engine(self, engine: Engine, device, half: bool, bf16: bool) -> None:
+        if half or bf16:
+            raise BackendError(f"half/bf16 are torch settings; the {engine.name} engine runs "
+                               f"{engine.precision} (choose its precision when opening it)")
+        dev = resolve_device(device)
+        if dev.type != engine.device_type:
+            raise BackendError(f"backend '{engine.name}' runs on {engine.device_type}, not on "
+                               f"{dev}; use device {engine.device_type!r}")
+        self.device, self.bf16, self.backend, self.model = dev, False, engine.name, None
+        self.cfg = engine.cfg
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, path: Union[str, Path, None] = None,
-                        device: Union[str, torch.device] = "cpu", **kw) -> "Segmenter":
+                        device: Union[str, torch.device] = "cpu", *, backend: str = "torch",
+                        int8: bool = False, **kw) -> "Segmenter":
         """Load a checkpoint (None: the bundled default model) and wrap it.
 
-        Raises :class:`~msaf_core.errors.CheckpointError` subclasses naming the file."""
-        model, ckpt = load_checkpoint(default_checkpoint() if path is None else path)
-        seg = cls(model, device, **kw)
-        seg.checkpoint = {k: v for k, v in ckpt.items() if k not in ("state_dict", "train_state")}
-        seg.checkpoint["path"] = str(default_checkpoint() if path is None else path)
+        ``backend``: ``'torch'`` (default), or an inference engine of
+        :mod:`msaf_core.backends` (``'onnxruntime'``, ``'openvino'``, ``'tensorrt'``); for
+        those, ``path`` may also be an export folder written by ``msaf-export --format``, and
+        a checkpoint is exported once into a cache. The engine's precision is ``bf16`` with
+        ``bf16=True`` (OpenVINO), ``fp16`` with ``half=True`` (TensorRT), ``int8`` with
+        ``int8=True`` (an export quantised by ``msaf-export --int8``), else fp32. Engines use
+        ``torch.get_num_threads()`` CPU threads.
+
+        Raises :class:`~msaf_core.errors.CheckpointError` subclasses naming the file, and
+        :class:`~msaf_core.backends.BackendError` (a ValueError) naming the fix."""
+        path = default_checkpoint() if path is None else path
+        if backend not in BACKENDS:
+            raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if backend == "torch":
+            if int8:
+                raise BackendError("int8 runs on the onnxruntime and openvino backends "
+                                   "(an export quantised by msaf-export --int8)")
+            if Path(path).is_dir():
+                raise BackendError(f"{path} is a folder; the torch backend loads a checkpoint "
+                                   f"file (.pt), engines load export folders")
+            model, ckpt = load_checkpoint(path)
+            seg = cls(model, device, **kw)
+            seg.checkpoint = {k: v for k, v in ckpt.items()
+                              if k not in ("state_dict", "train_state")}
+        else:
+            half, bf16 = kw.pop("half", False), kw.pop("bf16", False)
+            precision = "int8" if int8 else "bf16" if bf16 else "fp16" if half else "fp32"
+            engine = open_engine(backend, path, precision, torch.get_num_threads(),
+                                 None if device is None else str(device))
+            seg = cls(engine, engine.device_type if str(device) == "auto" else device, **kw)
+            seg.checkpoint = {k: v for k, v in engine.record.items() if k != "graphs"}
+            seg.checkpoint["export"] = str(engine.dir)
+        seg.checkpoint["path"] = str(path)
+        seg.checkpoint["backend"] = backend
         return seg
 
     # -- metadata ----------------------------------------------------------------------------
@@ -178,6 +237,9 @@ class Segmenter:
 
     def to(self, device: Union[str, torch.device]) -> "Segmenter":
         """Move the model; cached features follow it on the next call."""
+        if self.model is None:
+            raise BackendError(f"the {self.backend} engine stays on {self.device}; open "
+                               f"another Segmenter for another device")
         self.device = resolve_device(device)
         self.model.to(self.device)
         self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
@@ -195,7 +257,6 @@ class Segmenter:
 
     def _prep(self, image: np.ndarray) -> torch.Tensor:
         """H×W×3 uint8 RGB → (1, 3, h, w) normalised float on the model's device/dtype."""
-        p = next(self.model.parameters())
         arr = np.ascontiguousarray(image)
         if not arr.flags.writeable:  # torch wants writable memory; frames from buffers are not
             arr = arr.copy()
@@ -205,16 +266,32 @@ class Segmenter:
             x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False,
                               antialias=True)
         x = (x - self._mean) / self._std
-        return x.to(p.dtype).contiguous(memory_format=torch.channels_last)
+        if self.model is None:  # engines take float32 NCHW
+            return x.contiguous()
+        return x.to(next(self.model.parameters()).dtype).contiguous(
+            memory_format=torch.channels_last)
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16)
 
     @torch.inference_mode()
+    def _extract(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The one backbone pass: normalised frame → {'x', and 'f3', 'f4' where used}."""
+        if self.engine is not None:
+            return self.engine.extract(x)
+        with self._autocast():
+            return self.model.extract(x)
+
+    @torch.inference_mode()
     def _run(self, x_tm2: torch.Tensor, x_tm1: torch.Tensor, cur: Dict[str, torch.Tensor],
              out_size: Tuple[int, int]) -> np.ndarray:
-        with self._autocast():
-            logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
+        if self.engine is not None:
+            feats = dict(cur, x_tm2=x_tm2, x_tm1=x_tm1)
+            grid = self.engine.head(feats).permute(0, 3, 1, 2)         # (1, K, h, w), K last
+            logits = F.interpolate(grid, size=out_size, mode="bilinear", align_corners=False)
+        else:
+            with self._autocast():
+                logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
         return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
 
     def segment(self, image: np.ndarray, stream: str = "default",
@@ -255,8 +332,7 @@ class Segmenter:
         if reason is not None and self.on_reset is not None:
             self.on_reset(stream, reason)
 
-        with torch.inference_mode(), self._autocast():
-            cur = self.model.extract(self._prep(image))               # the one backbone pass
+        cur = self._extract(self._prep(image))                        # the one backbone pass
         x_t = cur["x"]
         prev = [f.to(x_t.device, x_t.dtype) for f in st.feats]     # follow the model
         if self.cfg.temporal:
@@ -281,6 +357,10 @@ class Segmenter:
         for i, image in enumerate(frames):
             self._check(image)
             clip = [frames[i - 2] if i >= 2 else image, frames[i - 1] if i >= 1 else image, image]
+            if self.engine is not None:  # the exported pair over the three frames, no cache
+                feats = [self._extract(self._prep(f)) for f in clip]
+                out.append(self._run(feats[0]["x"], feats[1]["x"], feats[2], image.shape[:2]))
+                continue
             x = torch.stack([self._prep(f)[0] for f in clip])[None]   # (1, 3, 3, h, w)
             with torch.inference_mode(), self._autocast():
                 logits = self.model(x, out_size=image.shape[:2])["out"]  # the full forward

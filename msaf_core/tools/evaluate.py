@@ -2,6 +2,7 @@
 
     msaf-eval --dataset camvid --data-root ../shared/camvid --split val [--checkpoint CKPT]
               [--json FILE] [--no-tc] [--size H W] [--device cpu]
+              [--backend torch|onnxruntime|openvino|tensorrt] [--bf16 | --int8]
     msaf-eval --data-root ../shared/camvid --split train --seqs 0006R0   # one whole drive
 
 Prints per-class IoU, mIoU, frames per second and, where consecutive frames are video rate,
@@ -15,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..backends import BACKENDS
 from ..data import build_dataset
 from ..evaluation import evaluate_stream
 from ..metrics import format_table
@@ -31,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score these sequences (drives) only (camvid: e.g. 0006R0)")
     p.add_argument("--holdout-seq", nargs="+", default=[], metavar="SEQ",
                    help="leave these sequences out of the score")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled model)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the bundled "
+                   "model), or an export folder of msaf-export --format for an engine")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="what runs the network (engines: pip install .[onnxruntime], "
+                        ".[openvino]; a checkpoint is exported once into a cache)")
+    p.add_argument("--int8", action="store_true",
+                   help="the int8 graphs of an export quantised by msaf-export --int8 "
+                        "(--backend openvino)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="inference resolution (labels are scored at the label resolution)")
@@ -50,14 +59,16 @@ def main(argv=None) -> int:
     import torch
 
     from ..errors import CheckpointError
+    from ..export import ExportError
     from ..segmenter import Segmenter
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device,
                                         size=tuple(args.size) if args.size else None,
-                                        half=args.half, bf16=args.bf16, max_gap_s=None)
-    except (CheckpointError, ValueError) as e:
+                                        half=args.half, bf16=args.bf16, max_gap_s=None,
+                                        backend=args.backend, int8=args.int8)
+    except (CheckpointError, ExportError, ValueError) as e:
         print(f"msaf-eval: error: {e}", file=sys.stderr)
         return 1
     try:
@@ -79,13 +90,15 @@ def main(argv=None) -> int:
     res.update({"dataset": args.dataset, "split": args.split, "seqs": args.seqs,
                 "holdout_seq": args.holdout_seq, "checkpoint": ck.get("path"),
                 "device": str(seg.device), "threads": torch.get_num_threads(),
-                "precision": "fp16" if args.half else "bf16" if args.bf16 else "fp32"})
+                "backend": args.backend,
+                "precision": ("int8" if args.int8 else "fp16" if args.half else
+                              "bf16" if args.bf16 else "fp32")})
     what = args.split + (f" {'+'.join(args.seqs)}" if args.seqs else "") + (
         f" without {'+'.join(args.holdout_seq)}" if args.holdout_seq else "")
     print(format_table(res, f"{args.dataset} {what}: {res['frames']} frames, "
                             f"checkpoint {ck.get('path')}"))
     print(f"  {'FPS':<14}{res['fps']:6.2f}  (model time per frame, {seg.device}, "
-          f"{torch.get_num_threads()} threads, {res['precision']})")
+          f"{torch.get_num_threads()} threads, {args.backend} {res['precision']})")
     if "tc" in res:
         print(f"  {'TC':<14}{100 * res['tc']:6.2f}  ({res['tc_pairs']} pairs; {res['tc_method']})")
     if args.json:

@@ -1,7 +1,10 @@
-"""msaf-export: turn a training run into a deployable checkpoint.
+"""msaf-export: turn a training run into a deployable checkpoint, or a checkpoint into
+inference-engine graphs.
 
     msaf-export RUN_DIR OUT.pt [--which best|last] [--fp32] [--val-json FILE]
                 [--recipe TEXT] [--hardware TEXT] [--force]
+    msaf-export --format onnx|openvino CKPT OUT_DIR [--int8 DATA_ROOT] [--force]
+    msaf-export --format tensorrt EXPORT_DIR|CKPT OUT_DIR [--fp32] [--force]
 
 Reads ``RUN_DIR/best.pt`` (or ``last.pt``) and ``RUN_DIR/log.jsonl`` and writes ``OUT.pt``:
 the weights only (no optimiser state), stored in float16 unless ``--fp32`` (they load back
@@ -12,6 +15,17 @@ or a restart counts as one typical logged interval (the median), so evaluations 
 downtime are left out. ``--val-json`` (written by ``msaf-eval --json``) adds its figures
 (mIoU, per-class IoU, TC, FPS) under ``metrics``. This is how the bundled model was
 written.
+
+``--format onnx`` writes the checkpoint's streaming model as two ONNX graphs with dynamic
+height and width, ``encoder.onnx`` (frame → the features the stream cache keeps and those
+of frame t the head needs) and ``head.onnx`` (features of t-2, t-1, t → logits on the 1/8
+grid), and ``msaf_export.json`` (classes, palette, mean/std, config) beside them.
+``--format openvino`` writes the same pair as OpenVINO IR; ``--int8 DATA_ROOT`` adds int8
+graphs quantised with NNCF, calibrated on CamVid training clips (``--calib-clips``,
+``--calib-holdout-seq``). ``--format tensorrt`` builds TensorRT engines from an ONNX export
+(on a machine with a CUDA GPU and TensorRT; fp16 unless ``--fp32``; docs/deploy.md). The
+folders load with ``Segmenter.from_checkpoint(OUT_DIR, backend=...)`` and the programs'
+``--backend``.
 """
 
 from __future__ import annotations
@@ -76,8 +90,19 @@ def summarize_run(records: List[Dict[str, Any]]) -> Dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msaf-export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a msaf-train output folder")
-    p.add_argument("out", type=Path, help="checkpoint to write (.pt)")
+    p.add_argument("run", type=Path, help="a msaf-train output folder (--format checkpoint), "
+                   "else a checkpoint file (or, for tensorrt, an ONNX export folder)")
+    p.add_argument("out", type=Path, help="checkpoint to write (.pt), or the export folder")
+    p.add_argument("--format", dest="fmt", default="checkpoint",
+                   choices=["checkpoint", "onnx", "openvino", "tensorrt"],
+                   help="checkpoint (default): a deployable .pt from a run; onnx/openvino: the "
+                        "encoder/head graphs; tensorrt: engines built from the ONNX graphs")
+    p.add_argument("--int8", metavar="DATA_ROOT", default=None,
+                   help="with --format openvino: add int8 graphs calibrated on CamVid "
+                        "training clips under DATA_ROOT (needs nncf: pip install .[int8])")
+    p.add_argument("--calib-clips", type=int, default=32, help="clips to calibrate int8 on")
+    p.add_argument("--calib-holdout-seq", nargs="+", default=[], metavar="SEQ",
+                   help="leave these training sequences out of the calibration")
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.add_argument("--val-json", type=Path, default=None, help="msaf-eval --json output to embed")
@@ -87,8 +112,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def export_graphs(args: argparse.Namespace) -> int:
+    """``--format onnx|openvino|tensorrt``: the encoder/head pair of a checkpoint."""
+    from ..export import ExportError, calibration_clips, export_checkpoint, quantize_openvino
+    if args.int8 and args.fmt != "openvino":
+        raise ExportError("--int8 writes OpenVINO int8 graphs; use it with --format openvino")
+    if args.fmt == "tensorrt":
+        from ..tensorrt_engine import build_engines
+        rec = build_engines(args.run, args.out, fp16=not args.fp32)
+    else:
+        rec = export_checkpoint(args.run, args.out, args.fmt)
+    if args.int8:
+        clips = calibration_clips(args.int8, args.calib_clips, exclude=args.calib_holdout_seq)
+        rec = quantize_openvino(args.out, clips)
+    files = sorted(g["file"] for g in rec["graphs"].values() if isinstance(g, dict))
+    print(f"msaf-export: wrote {args.out}/ ({', '.join(files)}, msaf_export.json) from "
+          f"{args.run}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.fmt != "checkpoint":
+        from ..backends import BackendError
+        from ..export import ExportError
+        if args.out.exists() and not args.force:
+            print(f"msaf-export: error: {args.out} exists; pass --force to replace it",
+                  file=sys.stderr)
+            return 1
+        try:
+            return export_graphs(args)
+        except (CheckpointError, ExportError, BackendError) as e:
+            print(f"msaf-export: error: {e}", file=sys.stderr)
+            return 1
     src = args.run / f"{args.which}.pt"
     log = args.run / "log.jsonl"
     if args.out.exists() and not args.force:

@@ -1,0 +1,240 @@
+"""The exported encoder/head pair and the inference-engine backends of the Segmenter.
+
+The tiny checkpoint is exported once (with ``msaf-export --format onnx``); every engine is
+compared with the torch Segmenter on real CamVid frames. Engines compute in a different
+order than torch, so labels may differ where two classes are within rounding of each other:
+the tests ask for 99.9% of the pixels, and compare the logits themselves to 1e-3."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from msaf_core import Segmenter, load_checkpoint
+from msaf_core.backends import BackendError, open_engine
+from msaf_core.export import (RECORD_NAME, cache_key, cached_export, file_sha256, onnx_to_openvino,
+                              read_record)
+from msaf_core.model import fold_batchnorm
+from msaf_core.tools import export as export_tool
+
+pytest.importorskip("onnx", reason="the ONNX export needs onnx (pip install .[onnxruntime])")
+pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript")
+
+CPU_ENGINES = ("onnxruntime", "openvino")
+SEC = 1_000_000_000
+
+
+def engine_available(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def needs(name):
+    return pytest.mark.skipif(not engine_available(name),
+                              reason=f"{name} is not installed (pip install .[{name}])")
+
+
+@pytest.fixture(scope="module")
+def threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield 1
+    torch.set_num_threads(old)
+
+
+def session_cache(tmp_path_factory):
+    """One export cache for the test session (test_bench's backends run finds it too)."""
+    return tmp_path_factory.getbasetemp() / "msaf_cache"
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_checkpoint, tmp_path_factory, threads):
+    """The tiny checkpoint exported through the command line (ONNX pair and record), into
+    the place of the session's export cache."""
+    out = session_cache(tmp_path_factory) / "exports" / cache_key(tiny_checkpoint)
+    if not (out / RECORD_NAME).is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert export_tool.main(["--format", "onnx", str(tiny_checkpoint), str(out)]) == 0
+    return out
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return float((a == b).mean())
+
+
+def stream(seg: Segmenter, frames, name="cam", t0=0):
+    return [seg.segment(f, name, stamp_ns=t0 + i * SEC // 10) for i, f in enumerate(frames)]
+
+
+# -- the export ----------------------------------------------------------------------------------
+def test_export_writes_the_pair_and_the_record(onnx_dir, tiny_checkpoint):
+    import onnx
+    rec = read_record(onnx_dir)
+    ck = torch.load(tiny_checkpoint, weights_only=True)
+    for key in ("config", "class_names", "palette", "mean", "std", "channel_order"):
+        assert rec[key] == ck[key], key
+    assert rec["graphs"]["encoder"]["outputs"] == ["x", "f3", "f4"]
+    assert rec["graphs"]["head"]["inputs"] == ["x_tm2", "x_tm1", "x", "f3", "f4"]
+    enc = onnx.load(str(onnx_dir / "encoder.onnx"))
+    (frame,) = enc.graph.input
+    dims = frame.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[:2]] == [1, 3]
+    assert dims[2].dim_param and dims[3].dim_param          # height and width are dynamic
+    head = onnx.load(str(onnx_dir / "head.onnx"))
+    assert [i.name for i in head.graph.input] == rec["graphs"]["head"]["inputs"]
+    assert all(i.type.tensor_type.shape.dim[2].dim_param for i in head.graph.input)
+
+
+def test_export_refuses_an_existing_output_and_int8_without_openvino(onnx_dir, tiny_checkpoint,
+                                                                     tmp_path, capsys):
+    assert export_tool.main(["--format", "onnx", str(tiny_checkpoint), str(onnx_dir)]) == 1
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert export_tool.main(["--format", "onnx", "--int8", "data", str(tiny_checkpoint),
+                             str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--int8" in err and "--format openvino" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in CPU_ENGINES])
+def test_engine_logits_equal_the_torch_head(onnx_dir, tiny_checkpoint, val_frames, backend,
+                                            threads):
+    """Encoder outputs and grid logits of the pair against MSAF.extract / MSAF.head."""
+    model, _ = load_checkpoint(tiny_checkpoint)
+    fold_batchnorm(model)
+    eng = open_engine(backend, onnx_dir, threads=threads)
+    mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
+    xs = [(torch.tensor(f).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+          for f in val_frames[0][:3]]
+    with torch.inference_mode():
+        ref = [model.extract(x) for x in xs]
+        want = model.head(ref[0]["x"], ref[1]["x"], ref[2], None)["out"].permute(0, 2, 3, 1)
+    got_feats = [eng.extract(x) for x in xs]
+    for k in ("x", "f3", "f4"):
+        assert torch.allclose(got_feats[2][k], ref[2][k], atol=1e-3, rtol=1e-3), k
+    got = eng.head(dict(got_feats[2], x_tm2=got_feats[0]["x"], x_tm1=got_feats[1]["x"]))
+    assert got.shape == want.shape == (1, 45, 60, 11)
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in CPU_ENGINES])
+def test_engine_labels_match_torch_with_streams_and_resets(onnx_dir, tiny_checkpoint, val_frames,
+                                                           backend, threads):
+    frames = val_frames[0]
+    ref = Segmenter.from_checkpoint(tiny_checkpoint, max_gap_s=1.0)
+    seg = Segmenter.from_checkpoint(onnx_dir, backend=backend, max_gap_s=1.0)
+    assert seg.backend == backend and seg.model is None
+    assert seg.class_names == ref.class_names and np.array_equal(seg.palette, ref.palette)
+    assert seg.checkpoint["backend"] == backend
+    # two cameras interleaved, then a gap that resets camera a
+    for i in range(3):
+        for name in ("a", "b"):
+            f = frames[i] if name == "a" else frames[5 - i]
+            assert agreement(seg.segment(f, name, i * SEC // 10),
+                             ref.segment(f, name, i * SEC // 10)) >= 0.999
+    assert seg.cache_len("a") == seg.cache_len("b") == 2
+    resets = []
+    seg.on_reset = lambda s, why: resets.append((s, why))
+    late = seg.segment(frames[4], "a", 10 * SEC)
+    assert resets == [("a", "gap")] and seg.cache_len("a") == 1
+    fresh = Segmenter.from_checkpoint(onnx_dir, backend=backend)
+    assert np.array_equal(late, fresh.segment(frames[4], "new", 0))  # a reset = a fresh stream
+    # the reference path over the pair equals the stream, frame for frame
+    clip = seg.segment_clip(frames[:4])
+    streamed = stream(Segmenter.from_checkpoint(onnx_dir, backend=backend), frames[:4])
+    assert all(np.array_equal(c, s) for c, s in zip(clip, streamed))
+    torch_clip = ref.segment_clip(frames[:4])
+    assert min(agreement(c, t) for c, t in zip(clip, torch_clip)) >= 0.999
+
+
+@needs("openvino")
+def test_openvino_ir_export_and_odd_sizes(onnx_dir, tiny_checkpoint, val_frames, tmp_path,
+                                          threads):
+    ir = tmp_path / "ir"
+    shutil.copytree(onnx_dir, ir)
+    rec = read_record(ir)
+    rec["graphs"] = onnx_to_openvino(ir, rec["graphs"])
+    (ir / RECORD_NAME).write_text(json.dumps(rec))
+    assert rec["graphs"]["encoder"]["file"] == "encoder.xml"
+    assert (ir / "encoder.bin").is_file() and (ir / "head.xml").is_file()
+    seg = Segmenter.from_checkpoint(ir, backend="openvino")
+    ref = Segmenter.from_checkpoint(tiny_checkpoint)
+    odd = [f[:97, :131].copy() for f in val_frames[0][:3]]     # dynamic sizes, odd ones
+    assert min(agreement(a, b) for a, b in zip(stream(seg, odd), stream(ref, odd))) >= 0.999
+    # the IR folder keeps its ONNX pair for engines that read ONNX only
+    if engine_available("onnxruntime"):
+        Segmenter.from_checkpoint(ir, backend="onnxruntime")
+        for part in ("encoder", "head"):
+            del rec["graphs"][f"{part}_onnx"]
+        (ir / RECORD_NAME).write_text(json.dumps(rec))
+        with pytest.raises(BackendError, match=r"export with msaf-export --format onnx"):
+            Segmenter.from_checkpoint(ir, backend="onnxruntime")
+
+
+def test_a_checkpoint_is_exported_once_into_the_cache(onnx_dir, tiny_checkpoint,
+                                                      tmp_path_factory):
+    """The cache is keyed by the checkpoint's hash: a later load finds the export there."""
+    stamp = (onnx_dir / RECORD_NAME).stat().st_mtime_ns
+    folder = cached_export(tiny_checkpoint, session_cache(tmp_path_factory))
+    assert folder == onnx_dir and (folder / RECORD_NAME).stat().st_mtime_ns == stamp
+    assert read_record(folder)["source_sha256"] == file_sha256(tiny_checkpoint)
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend,extra", [("onnxruntime", ".[onnxruntime]"),
+                                           ("openvino", ".[openvino]")])
+def test_a_missing_backend_is_one_line_naming_the_extra(monkeypatch, tiny_checkpoint, backend,
+                                                        extra):
+    monkeypatch.setitem(sys.modules, backend, None)   # import fails as if not installed
+    with pytest.raises(BackendError) as e:
+        Segmenter.from_checkpoint(tiny_checkpoint, backend=backend)
+    msg = str(e.value)
+    assert "\n" not in msg and f"backend '{backend}' is not installed" in msg
+    assert f"pip install {extra}" in msg
+    assert isinstance(e.value, ValueError)    # the programs' one-line error path
+
+
+def test_tensorrt_without_a_gpu_or_package_says_so(tiny_checkpoint):
+    if engine_available("tensorrt") and torch.cuda.is_available():
+        pytest.skip("TensorRT and a CUDA GPU are here: the GPU path is measured, not refused")
+    with pytest.raises(BackendError, match=r"tensorrt|CUDA") as e:
+        Segmenter.from_checkpoint(tiny_checkpoint, backend="tensorrt")
+    assert "\n" not in str(e.value)
+
+
+def test_backend_argument_errors(tiny_checkpoint, onnx_dir, tmp_path):
+    with pytest.raises(BackendError, match="unknown backend 'tflite'"):
+        Segmenter.from_checkpoint(tiny_checkpoint, backend="tflite")
+    with pytest.raises(BackendError, match="is a folder"):
+        Segmenter.from_checkpoint(onnx_dir)
+    with pytest.raises(BackendError, match="int8 runs on"):
+        Segmenter.from_checkpoint(tiny_checkpoint, int8=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackendError, match="not an msaf export folder"):
+        Segmenter.from_checkpoint(tmp_path / "empty", backend="onnxruntime")
+    if engine_available("openvino"):
+        with pytest.raises(BackendError, match="no int8 graphs"):
+            Segmenter.from_checkpoint(onnx_dir, backend="openvino", int8=True)
+    if engine_available("onnxruntime"):
+        with pytest.raises(BackendError, match="runs fp32, not bf16"):
+            Segmenter.from_checkpoint(onnx_dir, backend="onnxruntime", bf16=True)
+
+
+@needs("onnxruntime")
+def test_eval_runs_on_an_engine(onnx_dir, camvid_root, tmp_path, capsys, threads):
+    from msaf_core.tools import evaluate
+    out = tmp_path / "e.json"
+    assert evaluate.main(["--data-root", str(camvid_root), "--split", "val", "--checkpoint",
+                          str(onnx_dir), "--backend", "onnxruntime", "--max-frames", "2",
+                          "--no-tc", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["backend"] == "onnxruntime" and res["frames"] == 2 and 0 <= res["miou"] <= 1
+    assert "onnxruntime fp32" in capsys.readouterr().out
