@@ -6,6 +6,8 @@
     msaf-bench transformer [--size 1024x512] [--dim D] [--heads N] [--json FILE]
     msaf-bench dcn [--size 480x360]
     msaf-bench profile [--sizes 1024x512] [--backbones resnet18] [--precision fp32|bf16] [--json FILE]
+    msaf-bench --backends torch onnxruntime openvino [--precisions fp32 bf16 int8]
+               [--checkpoint CKPT] [--export DIR] [--sizes ...] [--threads N] [--json FILE]
 
 For each input size and backbone, in one run (so ratios hold on a noisy machine):
 
@@ -24,6 +26,13 @@ at the 1/8 grid, and prints time, memory and their ratio. ``profile`` runs one s
 under ``torch.profiler`` (CPU) and splits each stage's time into kernel families (attention,
 convolution, matrix products, bilinear sampling, the rest) with their GFLOP/s: where the
 frame's time goes, and how close each family runs to the machine's arithmetic peak.
+
+``--backends`` compares what runs the network, side by side in one run: the streamed frame
+(``Segmenter.segment`` with a warm cache, preprocessing and argmax included) of a real
+checkpoint (default: the bundled model) on each backend and precision that it runs
+(torch: fp32, bf16; onnxruntime: fp32; openvino: fp32, bf16, int8), interleaved, with each
+one's speed-up over torch fp32. Engines load ``--export DIR`` (an msaf-export folder; its
+int8 graphs for int8) or else export the checkpoint once into the cache.
 """
 
 from __future__ import annotations
@@ -31,9 +40,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from datetime import date
 from typing import Callable, Dict, List, Optional
@@ -151,11 +163,39 @@ def _make_variants(backbone: str, size: tuple, device: torch.device, half: bool,
     return variants, clock, dtype
 
 
+#: a log line of the profiler's C++ side (kineto): "USDT:2026-12-02 05:39:59 9916:9916 X.cpp:39] ..."
+_KINETO_LINE = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ [\w.]+:\d+\] ")
+
+
+@contextlib.contextmanager
+def quiet_profiler():
+    """Keep the profiler's own log lines (profiler_start/stop, and on a CPU-only machine a
+    failed GPU count reported as an ERROR) from the user: its C++ side writes them to the
+    process's stderr, so that is captured while profiling, and every other line is passed
+    on afterwards."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # read when the profiler first starts
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines(keepends=True):
+                if not _KINETO_LINE.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def _torch_peak_mb(fn: Callable[[], object]) -> float:
     """Peak of the memory held by tensors allocated while ``fn`` runs (CPU), from the
     profiler's allocation/free events: activations and temporaries, not weights or inputs."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted(((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                      if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")))
@@ -320,7 +360,8 @@ def _attention_flops(shapes: List[List[int]]) -> int:
 def _profile_once(fn: Callable[[], object]):
     """Run ``fn`` under the profiler: (stage → ms, stage → kind → {ms, gflop})."""
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+    with quiet_profiler(), profile(activities=[ProfilerActivity.CPU], record_shapes=True,
+                                   with_flops=True) as prof:
         fn()
     per: Dict[str, Dict[str, Dict[str, float]]] = {}
     totals: Dict[str, float] = {}
@@ -431,6 +472,70 @@ def bench_dcn(size: tuple, repeats: int, warmup: int, dim: int = 128,
     return out
 
 
+BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",),
+                      "openvino": ("fp32", "bf16", "int8")}
+
+
+def _open_backend(backend: str, precision: str, checkpoint: Optional[str],
+                  export: Optional[str]):
+    from ..segmenter import Segmenter
+    path = checkpoint if backend == "torch" else (export or checkpoint)
+    return Segmenter.from_checkpoint(path, "cpu", backend=backend, bf16=precision == "bf16",
+                                     int8=precision == "int8", max_gap_s=None)
+
+
+def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple],
+                   repeats: int, warmup: int, checkpoint: Optional[str] = None,
+                   export: Optional[str] = None) -> List[Dict[str, object]]:
+    """The streamed frame on each (backend, precision) at each size, interleaved: medians
+    in ms, and each one's speed-up over torch fp32 of the same run. A combination that
+    cannot be opened (not installed, no int8 graphs) is reported with its reason."""
+    from ..backends import BackendError
+    from ..export import ExportError
+    combos, results = [], []
+    for b in backends:
+        for prec in precisions:
+            if prec not in BACKEND_PRECISIONS.get(b, ()):
+                continue
+            try:
+                combos.append((b, prec, _open_backend(b, prec, checkpoint, export)))
+            except (BackendError, ExportError) as e:
+                results.append({"backend": b, "precision": prec, "error": str(e)})
+    g = torch.Generator().manual_seed(0)
+    for w, h in sizes:
+        imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()
+                for _ in range(3)]
+        times: Dict[tuple, List[float]] = {(b, p): [] for b, p, _ in combos}
+        for b, p, seg in combos:  # warm caches (and the engines' first-shape compilation)
+            seg.reset()
+            for i in range(2 + warmup):
+                seg.segment(imgs[i % 3], "bench", stamp_ns=i * 10**8)
+        for r in range(repeats):
+            for b, p, seg in combos:
+                t0 = time.perf_counter()
+                seg.segment(imgs[r % 3], "bench", stamp_ns=(2 + warmup + r) * 10**8)
+                times[(b, p)].append(time.perf_counter() - t0)
+        base = statistics.median(times[("torch", "fp32")]) if ("torch", "fp32") in times else None
+        for (b, p), ts in times.items():
+            ms = statistics.median(ts) * 1000
+            results.append({"backend": b, "precision": p, "size": f"{w}x{h}", "streamed_ms": ms,
+                            "fps": 1000.0 / ms,
+                            "speedup_vs_torch_fp32": None if base is None else base * 1000 / ms})
+    return results
+
+
+def _print_backends(results: List[Dict[str, object]], meta: Dict[str, str]) -> None:
+    print(f"streamed frame per backend, {meta['machine']}; medians, interleaved")
+    print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'ms':>10}{'FPS':>8}{'vs torch fp32':>15}")
+    for r in results:
+        if "error" in r:
+            print(f"  {r['backend']:<12}{r['precision']:<10}  not run: {r['error']}")
+            continue
+        sp = r["speedup_vs_torch_fp32"]
+        print(f"  {r['backend']:<12}{r['precision']:<10}{r['size']:>10}{r['streamed_ms']:>10.1f}"
+              f"{r['fps']:>8.2f}{'' if sp is None else f'{sp:.2f}x':>15}")
+
+
 def _size(s: str) -> tuple:
     try:
         w, h = s.lower().split("x")
@@ -476,6 +581,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--heads", type=int, default=4, help="attention heads of the head")
     p.add_argument("--no-fold-bn", dest="fold_bn", action="store_false",
                    help="keep BatchNorm layers separate (the Segmenter folds them by default)")
+    p.add_argument("--backends", nargs="+", default=None, choices=list(BACKEND_PRECISIONS),
+                   help="compare these backends on a real checkpoint (streamed frame)")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "int8"],
+                   help="with --backends: the precisions to run where the backend has them")
+    p.add_argument("--checkpoint", default=None,
+                   help="with --backends: checkpoint (default: the bundled model)")
+    p.add_argument("--export", default=None,
+                   help="with --backends: an msaf-export folder for the engines")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -514,6 +627,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         rate = f" ({c['gflop_per_s']:.0f})" if c["gflop_per_s"] else ""
                         cells.append(f"{c['ms']:.1f}{rate}".rjust(18))
                     print(f"  {st:<12}{row['ms']:>8.1f}" + "".join(cells))
+    elif args.backends:
+        results = bench_backends(args.backends, args.precisions, args.sizes, args.repeats,
+                                 args.warmup, args.checkpoint, args.export)
+        _print_backends(results, meta)
     elif mode == "transformer":
         r = bench_transformer(args.size, device, args.repeats, args.warmup,
                               dim=args.dim or default_dim("resnet18"), heads=args.heads)

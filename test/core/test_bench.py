@@ -100,3 +100,57 @@ def test_profile_mode_splits_every_stage_into_kernel_families(tmp_path, capsys):
 def test_attention_flops_count_both_products():
     # softmax(QK^T)V for 2 heads, 5 queries, 7 keys, 4 dims: 2·(2·5·7·4) multiply-adds ×2
     assert bench._attention_flops([[1, 2, 5, 4], [1, 2, 7, 4], [1, 2, 7, 4]]) == 4 * 2 * 5 * 7 * 4
+
+
+def test_profile_mode_shows_the_user_only_our_messages():
+    """The profiler's C++ side logs profiler_start/stop lines and, without a GPU, an ERROR
+    about the GPU count to stderr; a user of msaf-bench profile must not see them."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "KINETO_LOG_LEVEL"}
+    p = subprocess.run([sys.executable, "-m", "msaf_core.tools.bench", "profile", "--sizes",
+                        "48x32", "--backbones", "resnet18", "--repeats", "1", "--warmup", "0",
+                        "--threads", "1", "--dim", "16", "--heads", "2"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "kernel family" in p.stdout
+    for noise in ("USDT", "profiler_start", "profiler_stop", "gpuGetDeviceCount", "ERROR"):
+        assert noise not in p.stderr, p.stderr
+
+
+def test_quiet_profiler_passes_other_stderr_lines_on(capfd):
+    import os
+    with bench.quiet_profiler():
+        os.write(2, b"USDT:2026-12-02 05:39:59 9916:9916 SyncActivityProfilerHandler.cpp:39] "
+                    b"profiler_start\n")
+        os.write(2, b"a warning of our own\n")
+    err = capfd.readouterr().err
+    assert err == "a warning of our own\n"
+
+
+def test_backends_mode_compares_engines_on_one_checkpoint(tiny_checkpoint, tmp_path_factory,
+                                                          tmp_path, monkeypatch, capsys):
+    """Each backend and precision runs the streamed frame; combinations that cannot run (no
+    int8 graphs in a plain export) are reported, not dropped. The export cache is the
+    session's, shared with test_export_backends."""
+    pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript")
+    pytest.importorskip("onnxruntime", reason="pip install .[onnxruntime]")
+    pytest.importorskip("openvino", reason="pip install .[openvino]")
+    monkeypatch.setenv("MSAF_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "msaf_cache"))
+    out = tmp_path / "b.json"
+    assert bench.main(["--backends", "torch", "onnxruntime", "openvino", "--precisions", "fp32",
+                       "bf16", "int8", "--checkpoint", str(tiny_checkpoint), "--sizes", "64x48",
+                       "--repeats", "1", "--warmup", "0", "--threads", "1",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    ran = {(r["backend"], r["precision"]): r for r in rows if "error" not in r}
+    assert set(ran) == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
+                        ("openvino", "fp32"), ("openvino", "bf16")}
+    assert all(r["size"] == "64x48" and r["streamed_ms"] > 0 for r in ran.values())
+    assert ran[("torch", "fp32")]["speedup_vs_torch_fp32"] == pytest.approx(1.0)
+    (failed,) = [r for r in rows if "error" in r]
+    assert (failed["backend"], failed["precision"]) == ("openvino", "int8")
+    assert "no int8 graphs" in failed["error"]
+    printed = capsys.readouterr().out
+    assert "vs torch fp32" in printed and "not run: " in printed
