@@ -39,13 +39,18 @@ def load_node_model(cfg: Dict[str, Any]) -> Any:
     if path is None and not default_checkpoint().is_file():
         raise ConfigError("checkpoint", f"checkpoint is '' (the bundled model) but "
                                         f"{default_checkpoint()} is not installed")
+    from msaf_core.backends import BackendError  # noqa: PLC0415
+    from msaf_core.export import ExportError  # noqa: PLC0415
+    backend = cfg.get("backend", "torch")
     try:
         return Segmenter.from_checkpoint(path, device=device, size=inference_size(cfg),
                                          half=cfg["half"], bf16=cfg["bf16"],
                                          max_gap_s=cfg["max_gap"] or None,
-                                         max_streams=cfg["max_streams"])
-    except CheckpointError as e:
+                                         max_streams=cfg["max_streams"], backend=backend)
+    except (CheckpointError, ExportError) as e:
         raise ConfigError("checkpoint", str(e)) from None
+    except BackendError as e:
+        raise ConfigError("backend", str(e)) from None
     except ValueError as e:
         raise ConfigError("half" if "half" in str(e) else "device", str(e)) from None
     except (RuntimeError, MemoryError) as e:
@@ -54,19 +59,24 @@ def load_node_model(cfg: Dict[str, Any]) -> Any:
                           hint="use device:=cpu or free device memory") from None
 
 
-def load_model(checkpoint: Optional[str] = None, device: str = "auto") -> Any:
-    """The Segmenter of ``checkpoint`` (None: the bundled model) on ``device``, for the
-    offline tools. An unusable checkpoint or device is a one-line :class:`MsafRosError`."""
+def load_model(checkpoint: Optional[str] = None, device: str = "auto",
+               backend: str = "torch") -> Any:
+    """The Segmenter of ``checkpoint`` (None: the bundled model; an msaf-export folder for an
+    engine) on ``device`` and ``backend``, for the offline tools. An unusable checkpoint,
+    device or backend is a one-line :class:`MsafRosError`."""
     from msaf_core import CheckpointError, Segmenter, default_checkpoint  # noqa: PLC0415
+    from msaf_core.export import ExportError  # noqa: PLC0415
     try:
-        return Segmenter.from_checkpoint(checkpoint, device=device)
+        return Segmenter.from_checkpoint(checkpoint, device=device, backend=backend)
+    except ExportError as e:
+        raise MsafRosError(str(e)) from None
     except CheckpointError as e:
         if checkpoint is None and not default_checkpoint().exists():
             raise MsafRosError(f"the default model {default_checkpoint()} is not installed "
                                f"(train it with msaf-train, or get a release that bundles "
                                f"it); pass --checkpoint PATH") from None
         raise MsafRosError(str(e)) from None
-    except ValueError as e:        # an unusable device
+    except ValueError as e:        # an unusable device, a backend not installed
         raise MsafRosError(str(e)) from None
 
 
@@ -83,6 +93,7 @@ def describe(seg: Any, cfg: Dict[str, Any]) -> str:
     ck, size = seg.checkpoint or {}, inference_size(cfg)
     return (f"model {ck.get('path')} ({seg.cfg.backbone}, {seg.cfg.num_classes} classes, "
             f"trained at {ck.get('train_resolution')}) on {seg.device}"
+            f"{'' if seg.engine is None else ' with ' + seg.engine.describe()}"
             f"{' fp16' if cfg['half'] else ''}{' bf16' if cfg['bf16'] else ''}, inference size "
             f"{'native' if size is None else f'{size[0]}x{size[1]}'}, torch threads "
             f"{torch.get_num_threads()}")

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..cli import run_cli, set_torch_threads
+from ..model import load_model
 from . import play
 from .io import FORMATS, IMAGE_TYPES, open_reader, storage_of
 from .plan import output_topics
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels-topic", default=None,
                    help="ground-truth label images in the bag (mono8); reports the mIoU")
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--backend", default="torch",
+                   choices=("torch", "onnxruntime", "openvino", "tensorrt"),
+                   help="what runs the network (default torch; docs/deploy.md)")
     s.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1] (0.5)")
     s.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
                    help="output storage (default: the input's)")
@@ -132,7 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         print(bag_info(args.input))
         return 0
     set_torch_threads(args.threads)
-    res = segment_bag(args.input, args.output, args.topic, checkpoint=args.checkpoint,
+    seg = None if args.backend == "torch" else load_model(args.checkpoint, args.device,
+                                                          args.backend)
+    res = segment_bag(args.input, args.output, args.topic, segmenter=seg,
+                      checkpoint=args.checkpoint,
                       device=args.device, namespace=args.namespace,
                       labels_topic=args.labels_topic, alpha=args.alpha, fmt=args.fmt,
                       compression=args.compression, force=args.force, max_frames=args.max_frames,
