@@ -4,7 +4,8 @@ of the sample drive go in as sensor_msgs/Image, and the labels that come back ha
 frames' headers and size and equal an in-process Segmenter's on the same checkpoint; the
 node exits with code 0 when the launch shuts down.
 
-Run with ``python -m pytest test`` (launch_testing's pytest plugin) or ``launch_test``.
+Run with ``python -m pytest test`` (launch_testing's pytest plugin), or ``PYTHONPATH=test
+launch_test test/launch/segment_launch.test.py``.
 """
 import os
 import unittest
