@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -259,6 +260,9 @@ def quantize_openvino(export_dir: Union[str, Path], clips: Sequence[Sequence[Any
     on ``clips`` (frames t-2, t-1, t): the encoder on frame t, the head on the float32
     encoder's features of the three frames. Writes ``encoder_int8.xml``/``head_int8.xml``
     (OpenVINO IR) and adds them to the record."""
+    # NNCF imports torch's C++ extension helper, which logs a warning about CUDA_HOME on
+    # machines without CUDA; nothing here builds an extension
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     try:
         import nncf
     except ImportError as e:

@@ -238,3 +238,33 @@ def test_eval_runs_on_an_engine(onnx_dir, camvid_root, tmp_path, capsys, threads
     res = json.loads(out.read_text())
     assert res["backend"] == "onnxruntime" and res["frames"] == 2 and 0 <= res["miou"] <= 1
     assert "onnxruntime fp32" in capsys.readouterr().out
+
+
+@needs("openvino")
+def test_int8_quantisation_adds_quantised_graphs_that_stream(onnx_dir, val_frames, tmp_path,
+                                                             threads):
+    """NNCF int8 on two real clips (the command calibrates on training clips): quantised
+    graphs join the record and stream like the fp32 ones. A random tiny model is all near
+    ties, so its int8 labels say nothing about accuracy; the bundled model's int8 score is
+    measured in docs/benchmarks.md."""
+    pytest.importorskip("nncf", reason="int8 quantisation needs nncf (pip install .[int8])")
+    import openvino as ov
+
+    from msaf_core.export import quantize_openvino
+    q = tmp_path / "q"
+    shutil.copytree(onnx_dir, q)
+    frames = val_frames[0]
+    rec = quantize_openvino(q, [frames[0:3], frames[3:6]], threads=threads)
+    assert rec["int8_calibration"]["clips"] == 2
+    core = ov.Core()
+    for part in ("encoder", "head"):
+        ops = {o.get_type_name() for o in core.read_model(
+            str(q / rec["graphs"][f"{part}_int8"]["file"])).get_ops()}
+        assert "FakeQuantize" in ops, part                   # int8 where NNCF put it
+        fp32 = {o.get_type_name() for o in core.read_model(
+            str(q / rec["graphs"][part]["file"])).get_ops()}
+        assert "FakeQuantize" not in fp32
+    seg = Segmenter.from_checkpoint(q, backend="openvino", int8=True)
+    got = stream(seg, frames[:3])
+    assert all(g.shape == (360, 480) and g.max() < seg.cfg.num_classes for g in got)
+    assert seg.cache_len("cam") == 2
