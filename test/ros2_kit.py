@@ -57,7 +57,8 @@ class Workspace:
         ``--no-daemon`` to the ros2 verbs that have it, so no daemon outlives them)."""
         env = dict(self._env)
         env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+                   OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
+                   ROS_LOG_DIR=str(self.root / "ros_log"))   # not ~/.ros/log
         env.pop("RCUTILS_COLORIZED_OUTPUT", None)   # what a user has: rcutils decides
         env.update(extra)
         return env
