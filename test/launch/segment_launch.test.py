@@ -56,7 +56,7 @@ def _camvid_frames(n):
 def generate_test_description():
     ws = ros2_kit.workspace()
     env = ws.env(DOMAIN)
-    for key in ('AMENT_PREFIX_PATH', 'PYTHONPATH', 'ROS_DOMAIN_ID',
+    for key in ('AMENT_PREFIX_PATH', 'PYTHONPATH', 'ROS_DOMAIN_ID', 'ROS_LOG_DIR',
                 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'OMP_NUM_THREADS', 'PYTHONUNBUFFERED'):
         _saved_env.setdefault(key, os.environ.get(key))
         os.environ[key] = env[key]
