@@ -167,7 +167,7 @@ class Segmenter:
             raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
         if backend == "torch":
             if int8:
-                raise BackendError("int8 runs on the onnxruntime and openvino backends "
+                raise BackendError("int8 runs on the openvino backend "
                                    "(an export quantised by msaf-export --int8)")
             if Path(path).is_dir():
                 raise BackendError(f"{path} is a folder; the torch backend loads a checkpoint "
