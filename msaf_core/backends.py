@@ -105,7 +105,7 @@ class Engine:
         return f
 
     def describe(self) -> str:
-        return f"{self.name} {self.precision}, {self.dir}"
+        return f"{self.name} {self.precision}"
 
     def extract(self, frame: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Normalised frame (1, 3, H, W) float32 → the encoder outputs by name."""

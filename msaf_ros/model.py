@@ -93,8 +93,9 @@ def describe(seg: Any, cfg: Dict[str, Any]) -> str:
     ck, size = seg.checkpoint or {}, inference_size(cfg)
     return (f"model {ck.get('path')} ({seg.cfg.backbone}, {seg.cfg.num_classes} classes, "
             f"trained at {ck.get('train_resolution')}) on {seg.device}"
-            f"{'' if seg.engine is None else ' with ' + seg.engine.describe()}"
-            f"{' fp16' if cfg['half'] else ''}{' bf16' if cfg['bf16'] else ''}, inference size "
+            f"{' fp16' if cfg['half'] and seg.engine is None else ''}"
+            f"{' bf16' if cfg['bf16'] and seg.engine is None else ''}"
+            f"{'' if seg.engine is None else ' with ' + seg.engine.describe()}, inference size "
             f"{'native' if size is None else f'{size[0]}x{size[1]}'}, torch threads "
             f"{torch.get_num_threads()}")
 
