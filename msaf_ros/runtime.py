@@ -121,18 +121,21 @@ def shorten(text: Any, limit: int = 80) -> str:
 class Throttle:
     """Lets one message per key through every ``period`` seconds; counts the rest.
 
-    At most ``max_keys`` keys are remembered. When that many have logged within the period,
-    a new key shares one slot with every other overflowing key of its ``group`` (e.g. the
-    kind of bad frame): thousands of cameras sending bad frames give one line per group and
-    period, not one each, and the table never grows past ``max_keys`` + the groups."""
+    At most ``max_keys`` keys are remembered, and within one period at most
+    ``group_budget`` keys of one ``group`` (e.g. the kind of bad frame) may log for the first
+    time. Beyond either, a new key shares one slot with every other overflowing key of its
+    group: thousands of cameras sending bad frames give one line per group and period, not
+    one each, and the table never grows past ``max_keys`` + the groups."""
 
     def __init__(self, period: float, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 64) -> None:
+                 max_keys: int = 64, group_budget: Optional[int] = None) -> None:
         self.period = float(period)
         self.max_keys = max(1, int(max_keys))
+        self.group_budget = self.max_keys if group_budget is None else max(1, int(group_budget))
         self._clock = clock
         self._last: "collections.OrderedDict[Any, float]" = collections.OrderedDict()
         self._suppressed: Dict[Any, int] = collections.Counter()
+        self._new: Dict[str, Tuple[float, int]] = {}    # group -> (window start, new keys)
         self._lock = threading.Lock()
 
     def __call__(self, key: str, group: str = "") -> Optional[int]:
@@ -142,14 +145,20 @@ class Throttle:
 
     def check(self, key: str, group: str = "") -> Optional[Tuple[int, bool]]:
         """Like calling it; when it logs: (suppressed, shared), ``shared`` True when the
-        line stands for ``key``'s group (the key table was full)."""
+        line stands for ``key``'s group (the key table or the group's budget was full)."""
         now = self._clock()
         with self._lock:
             shared = False
-            if key not in self._last and len(self._last) >= self.max_keys:
-                self._expire(now)
+            if key not in self._last:
                 if len(self._last) >= self.max_keys:
+                    self._expire(now)
+                start, n = self._new.get(group, (now, 0))
+                if now - start >= self.period:
+                    start, n = now, 0
+                if len(self._last) >= self.max_keys or n >= self.group_budget:
                     key, shared = (group, "*"), True
+                else:
+                    self._new[group] = (start, n + 1)
             last = self._last.get(key)
             if last is not None and now - last < self.period:
                 self._suppressed[key] += 1

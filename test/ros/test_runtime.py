@@ -80,6 +80,17 @@ def test_throttle_table_is_bounded_and_overflow_shares_one_line_per_group():
     assert len(th) <= 3 + 2
 
 
+def test_throttle_group_budget_per_period():
+    """Within one period at most group_budget new keys of a group log on their own."""
+    now = [0.0]
+    th = Throttle(5.0, clock=lambda: now[0], max_keys=100, group_budget=2)
+    assert [th.check(f"k{i}", "g") for i in range(4)] == [(0, False), (0, False), (0, True),
+                                                          None]
+    assert th.check("x", "other") == (0, False)        # another group has its own budget
+    now[0] = 5.5
+    assert th.check("k9", "g") == (0, False)           # a new period, a new budget
+
+
 def test_stream_key_and_shorten_bound_huge_ids():
     from msaf_ros.runtime import shorten, stream_key
     a, b = "cam" + "x" * 10_000_000, "cam" + "x" * 9_999_999 + "y"

@@ -199,9 +199,10 @@ def test_thousands_of_cameras_with_huge_ids_keep_state_and_log_bounded():
                                             format="jpeg", data=b"\xff\xd8\xff garbage"))
     assert worker.stats.bad["compressed"] == 5000
     lines = [t for _, t in worker.log.lines]
-    assert len(lines) <= 4 * 16 + 1, len(lines)
+    assert len(lines) <= 16 + 1, len(lines)        # max_streams cameras, then one shared line
     assert max(map(len, lines)) < 700 and sum(map(len, lines)) < 50_000
-    assert "from any camera" in lines[-1]
+    assert "more of this kind from other cameras" in lines[-1] or \
+        "one line per warn_period for the rest" in lines[-1]
     assert len(worker._throttle) <= 4 * 16 + 1
     assert len(worker.stats.last_bad) < 700
 
@@ -305,6 +306,10 @@ def test_diagnostics_counters_add_up():
             worker.submit(raw(16, 16, cam, sec) if sec % 5 else raw(4, 4, cam, sec))
             if sec % 20 == 0:
                 check()
+            if sec % 10 == 0:                           # let the worker drain: it segments
+                drain = time.monotonic() + 10           # (and fails) however loaded the CPU
+                while len(worker.slot) and time.monotonic() < drain:
+                    time.sleep(0.005)
         deadline = time.monotonic() + 10
         while len(worker.slot) and time.monotonic() < deadline:
             time.sleep(0.01)
