@@ -37,7 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
 
 
@@ -85,6 +85,16 @@ def summarize_run(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     wall = train_wall_time_s(records)
     return {"iterations": max(steps) if steps else None, "val_history": evals,
             "train_wall_time_s": round(wall, 1), "train_wall_time_h": round(wall / 3600.0, 2)}
+
+
+def run_options(run: Path) -> Optional[Dict[str, Any]]:
+    """The msaf-train options of a run (from its last.pt), or None where it has none."""
+    try:
+        ck = read_checkpoint(run / "last.pt")
+    except CheckpointError:
+        return None
+    options = (ck.get("train_state") or {}).get("args")
+    return dict(options) if isinstance(options, dict) else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +169,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if log.is_file():
         extra.update(summarize_run(read_log(log)))
     extra["exported_step"] = (ck.get("metrics") or {}).get("step")
+    options = run_options(args.run)
+    if options is not None:
+        extra["train_options"] = options   # what it was trained on (split, drives), the recipe
     if args.recipe:
         extra["recipe"] = args.recipe
     if args.hardware:

@@ -81,6 +81,8 @@ def test_few_iterations_lower_the_loss(mini_camvid, tmp_path):
     assert all(v.dtype == torch.float16 for v in ck["state_dict"].values() if v.is_floating_point())
     ex = ck["extra"]
     assert ex["iterations"] == 12 and ex["recipe"] == "msaf-train ..."
+    # the run's options say what it was trained on
+    assert ex["train_options"]["train_split"] == "train" and ex["train_options"]["iters"] == 12
     assert [e["step"] for e in ex["val_history"]] == [12]
     assert 0 < ex["train_wall_time_s"] < 3600
     assert ck["metrics"]["eval"] == {"miou": 0.5, "tc": 0.7, "fps": 3.0}
