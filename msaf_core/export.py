@@ -183,6 +183,9 @@ def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path],
                   "graphs": graphs, "torch_version": str(torch.__version__),
                   **checkpoint_record(ckpt, checkpoint)}
         write_record(tmp, record)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # a temporary folder is private; the export is not
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
