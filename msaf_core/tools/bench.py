@@ -524,8 +524,24 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
     return results
 
 
+def _engine_versions(backends: List[str]) -> Dict[str, str]:
+    """The installed version of each engine asked for (for the record of a run)."""
+    import importlib
+    out = {}
+    for b in backends:
+        if b == "torch":
+            continue
+        try:
+            out[b] = str(importlib.import_module(b).__version__)
+        except ImportError:
+            out[b] = "not installed"
+    return out
+
+
 def _print_backends(results: List[Dict[str, object]], meta: Dict[str, str]) -> None:
-    print(f"streamed frame per backend, {meta['machine']}; medians, interleaved")
+    engines = ", ".join(f"{k} {v}" for k, v in meta.get("engines", {}).items())
+    print(f"streamed frame per backend, {meta['machine']}; torch {meta['torch']}"
+          f"{', ' + engines if engines else ''}; medians, interleaved")
     print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'ms':>10}{'FPS':>8}{'vs torch fp32':>15}")
     for r in results:
         if "error" in r:
@@ -628,6 +644,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         cells.append(f"{c['ms']:.1f}{rate}".rjust(18))
                     print(f"  {st:<12}{row['ms']:>8.1f}" + "".join(cells))
     elif args.backends:
+        meta["engines"] = _engine_versions(args.backends)
         results = bench_backends(args.backends, args.precisions, args.sizes, args.repeats,
                                  args.warmup, args.checkpoint, args.export)
         _print_backends(results, meta)
