@@ -169,6 +169,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if log.is_file():
         extra.update(summarize_run(read_log(log)))
     extra["exported_step"] = (ck.get("metrics") or {}).get("step")
+    init = (ck.get("train_state") or {}).get("init")
+    if init and "init" not in extra:
+        extra["init"] = init               # the checkpoint the run started from, with its record
     options = run_options(args.run)
     if options is not None:
         extra["train_options"] = options   # what it was trained on (split, drives), the recipe

@@ -215,6 +215,12 @@ def test_init_starts_from_a_checkpoint_and_records_it(two_drive_camvid, tmp_path
     assert conv and all(torch.equal(sa[k].float(), sb[k].float()) for k in conv)
     assert read_checkpoint(b / "last.pt")["train_state"]["init"]["path"] == str(a / "last.pt")
     assert read_checkpoint(b / "best.pt")["extra"]["init"]["path"] == str(a / "last.pt")
+    # the exported last.pt keeps that record too
+    from msaf_core.tools.export import main as export_main
+    assert export_main([str(b), str(tmp_path / "b.pt"), "--which", "last"]) == 0
+    exported = read_checkpoint(tmp_path / "b.pt")["extra"]
+    assert exported["init"]["path"] == str(a / "last.pt")
+    assert exported["train_options"]["train_split"] == "train+val"
     # another model is refused
     with pytest.raises(SystemExit, match="is another model"):
         train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "c"),
