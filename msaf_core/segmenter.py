@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .backends import BACKENDS, BackendError, Engine, open_engine
 from .checkpoint import default_checkpoint, load_checkpoint
-from .errors import InputError
+from .errors import CheckpointNotFoundError, InputError
 from .model import MSAF, fold_batchnorm
 
 MIN_SIZE = 8  # smallest frame side the network accepts
@@ -170,8 +170,9 @@ class Segmenter:
                 raise BackendError("int8 runs on the openvino backend "
                                    "(an export quantised by msaf-export --int8)")
             if Path(path).is_dir():
-                raise BackendError(f"{path} is a folder; the torch backend loads a checkpoint "
-                                   f"file (.pt), engines load export folders")
+                raise CheckpointNotFoundError(path, "not a regular file but a folder; the torch "
+                                              "backend loads a checkpoint file (.pt), export "
+                                              "folders run on onnxruntime or openvino")
             model, ckpt = load_checkpoint(path)
             seg = cls(model, device, **kw)
             seg.checkpoint = {k: v for k, v in ckpt.items()

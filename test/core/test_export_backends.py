@@ -213,7 +213,10 @@ def test_tensorrt_without_a_gpu_or_package_says_so(tiny_checkpoint):
 def test_backend_argument_errors(tiny_checkpoint, onnx_dir, tmp_path):
     with pytest.raises(BackendError, match="unknown backend 'tflite'"):
         Segmenter.from_checkpoint(tiny_checkpoint, backend="tflite")
-    with pytest.raises(BackendError, match="is a folder"):
+    # a folder given as the checkpoint is a checkpoint problem (the node names the
+    # checkpoint parameter), with the hint that engines run export folders
+    from msaf_core.errors import CheckpointNotFoundError
+    with pytest.raises(CheckpointNotFoundError, match="not a regular file but a folder.*openvino"):
         Segmenter.from_checkpoint(onnx_dir)
     with pytest.raises(BackendError, match="int8 runs on"):
         Segmenter.from_checkpoint(tiny_checkpoint, int8=True)
