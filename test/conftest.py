@@ -111,3 +111,19 @@ def pytest_collect_file(file_path, parent):
         spec.loader.exec_module(module)
     ihook = parent.session.gethookproxy(file_path)
     return ihook.pytest_pycollect_makemodule(module_path=file_path, parent=parent)
+
+
+#: The order the suites run in: the library and the ROS-free units first, then the programs,
+#: then everything that brings up rclpy, DDS and the launch system inside this process
+#: (whose native state stays loaded for the rest of the run).
+SUITE_ORDER = ("core", "ros", "tools", "graph", "launch")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        try:
+            first = Path(str(item.path)).resolve().relative_to(ROOT / "test").parts[0]
+        except ValueError:
+            return len(SUITE_ORDER)
+        return SUITE_ORDER.index(first) if first in SUITE_ORDER else len(SUITE_ORDER)
+    items.sort(key=rank)
