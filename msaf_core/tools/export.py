@@ -172,7 +172,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     init = (ck.get("train_state") or {}).get("init")
     if init and "init" not in extra:
         extra["init"] = init               # the checkpoint the run started from, with its record
-    options = run_options(args.run)
+    options = ((ck.get("train_state") or {}).get("args")   # last.pt carries them itself
+               or run_options(args.run))
     if options is not None:
         extra["train_options"] = options   # what it was trained on (split, drives), the recipe
     if args.recipe:
