@@ -23,6 +23,10 @@ The network runs on torch by default, or on an inference engine (``backend=`` of
 :meth:`Segmenter.from_checkpoint`: ONNX Runtime, OpenVINO, TensorRT; see
 :mod:`msaf_core.backends`) that runs the exported encoder/head pair. The cache, the resets
 and the streams are the same whichever runs the network.
+
+``segment(..., confidence=True)`` also returns, per pixel, the softmax probability of the
+winning class (from the same full-resolution logits as the labels), as uint8 ×255: 255 is
+certain, ``255 / num_classes`` is a coin toss among all classes.
 """
 
 from __future__ import annotations
@@ -43,6 +47,16 @@ from .errors import CheckpointNotFoundError, InputError
 from .model import MSAF, fold_batchnorm
 
 MIN_SIZE = 8  # smallest frame side the network accepts
+
+
+def winning_probability(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """(K, H, W) logits and their argmax → H×W uint8: the softmax probability of the
+    winning class × 255, rounded. Computed as 1 / Σ_k exp(l_k − l_win) in float32, without
+    materialising the softmax of every class (ties count as the winner's own)."""
+    lg = logits.float()
+    top = lg.gather(0, labels[None].long())                      # (1, H, W)
+    p = torch.exp(lg - top).sum(0).reciprocal_()
+    return p.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
 @dataclass
@@ -285,7 +299,8 @@ class Segmenter:
 
     @torch.inference_mode()
     def _run(self, x_tm2: torch.Tensor, x_tm1: torch.Tensor, cur: Dict[str, torch.Tensor],
-             out_size: Tuple[int, int]) -> np.ndarray:
+             out_size: Tuple[int, int], confidence: bool = False
+             ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         if self.engine is not None:
             feats = dict(cur, x_tm2=x_tm2, x_tm1=x_tm1)
             grid = self.engine.head(feats).permute(0, 3, 1, 2)         # (1, K, h, w), K last
@@ -293,14 +308,20 @@ class Segmenter:
         else:
             with self._autocast():
                 logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
-        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
+        labels = logits[0].argmax(0)
+        if not confidence:
+            return labels.to(torch.uint8).cpu().numpy()
+        return labels.to(torch.uint8).cpu().numpy(), winning_probability(logits[0], labels)
 
     def segment(self, image: np.ndarray, stream: str = "default",
-                stamp_ns: Optional[int] = None) -> np.ndarray:
+                stamp_ns: Optional[int] = None, confidence: bool = False
+                ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
         """Segment the newest frame of ``stream``: H×W×3 uint8 RGB → H×W uint8 class ids.
 
         Runs the backbone exactly once, on ``image``; frames t-1 and t-2 come from the cache.
         ``stamp_ns`` (the frame's time in nanoseconds) drives the automatic resets.
+        ``confidence``: return ``(labels, confidence)``, the second H×W uint8 being the
+        winning class's softmax probability × 255, rounded (:func:`winning_probability`).
         """
         self._check(image)
         h, w = image.shape[:2]
@@ -341,12 +362,12 @@ class Segmenter:
             x_tm2 = prev[-2] if len(prev) >= 2 else x_t
         else:
             x_tm1 = x_tm2 = None
-        labels = self._run(x_tm2, x_tm1, cur, (h, w))
+        result = self._run(x_tm2, x_tm1, cur, (h, w), confidence)
         with self._lock:
             if self.cfg.temporal:
                 st.feats.append(x_t)
             st.frames += 1
-        return labels
+        return result
 
     def segment_clip(self, frames: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Reference path: each frame through the full three-frame forward, no cache.

@@ -155,6 +155,20 @@ def test_engine_labels_match_torch_with_streams_and_resets(onnx_dir, tiny_checkp
     assert min(agreement(c, t) for c, t in zip(clip, torch_clip)) >= 0.999
 
 
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in CPU_ENGINES])
+def test_engine_confidence_matches_torch(onnx_dir, tiny_checkpoint, val_frames, backend,
+                                         threads):
+    """The confidence map comes from the engine's logits as it does from torch's."""
+    ref = Segmenter.from_checkpoint(tiny_checkpoint)
+    seg = Segmenter.from_checkpoint(onnx_dir, backend=backend)
+    for i, f in enumerate(val_frames[0][:3]):
+        labels, conf = seg.segment(f, "c", i * SEC // 10, confidence=True)
+        ref_labels, ref_conf = ref.segment(f, "c", i * SEC // 10, confidence=True)
+        assert conf.shape == ref_conf.shape == f.shape[:2] and conf.dtype == np.uint8
+        assert agreement(labels, ref_labels) >= 0.999
+        assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= 1
+
+
 @needs("openvino")
 def test_openvino_ir_export_and_odd_sizes(onnx_dir, tiny_checkpoint, val_frames, tmp_path,
                                           threads):

@@ -233,3 +233,35 @@ def test_export_paths_compute_what_the_inference_loops_compute(monkeypatch):
         whole = F.interpolate(grid, size=(96, 128), mode="bilinear", align_corners=False)
     assert grid.shape == (1, model.cfg.num_classes, 12, 16)
     torch.testing.assert_close(whole, chunked, rtol=1e-9, atol=1e-9)
+
+
+def test_confidence_is_the_winning_softmax_of_the_same_logits(frames):
+    """segment(confidence=True) gives the same labels and, per pixel, round(255 x the
+    softmax probability of the winning class), from the full-resolution logits."""
+    model = make_tiny_model()
+    seg = Segmenter(model, max_gap_s=None)
+    plain = Segmenter(make_tiny_model(), max_gap_s=None)
+    for i, f in enumerate(frames[:4]):
+        labels, conf = seg.segment(f, "c", i * 66 * MS, confidence=True)
+        assert conf.dtype == np.uint8 and conf.shape == f.shape[:2]
+        np.testing.assert_array_equal(labels, plain.segment(f, "c", i * 66 * MS))
+    # the reference: the full forward over the last three frames, softmax over classes
+    x = torch.stack([seg._prep(f)[0] for f in frames[1:4]])[None]
+    with torch.inference_mode():
+        logits = seg.model(x, out_size=frames[0].shape[:2])["out"][0].float()
+    prob = torch.softmax(logits, 0)
+    want = (prob.max(0).values * 255).round().to(torch.uint8).numpy()
+    assert np.abs(conf.astype(int) - want.astype(int)).max() <= 1
+    k = seg.cfg.num_classes
+    assert conf.min() >= int(255 / k) and conf.max() <= 255
+
+
+def test_winning_probability_edge_cases():
+    from msaf_core.segmenter import winning_probability
+    flat = torch.zeros(4, 2, 3)                         # all classes alike: 1/K
+    assert (winning_probability(flat, flat.argmax(0)) == round(255 / 4)).all()
+    sure = torch.full((4, 2, 3), -50.0)
+    sure[2] = 50.0                                      # one class far ahead: 255
+    assert (winning_probability(sure, sure.argmax(0)) == 255).all()
+    half = torch.tensor([[[0.0]], [[0.0]], [[-1e4]]], dtype=torch.bfloat16)
+    assert winning_probability(half, half.argmax(0)).item() == 128   # a tie of two
