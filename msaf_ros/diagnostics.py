@@ -61,6 +61,7 @@ def status(s: Dict[str, Any], input_topic: str, device: str) -> Status:
         "published_labels": s["published"].get("labels", 0),
         "published_color_mask": s["published"].get("color_mask", 0),
         "published_overlay": s["published"].get("overlay", 0),
+        "published_confidence": s["published"].get("confidence", 0),
         "device": device,
     }
     for reason in sorted(BAD_TEXT):

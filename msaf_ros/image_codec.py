@@ -700,9 +700,15 @@ def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", header: Any = None,
     return build_image(image_fields(arr, encoding), header, msg_type)
 
 
+def mono8_to_image(plane: np.ndarray, header: Any = None, msg_type: Any = None,
+                   what: str = "image") -> Any:
+    """An H×W uint8 plane (class ids, confidence) → mono8 sensor_msgs/Image."""
+    plane = np.asarray(plane)
+    if plane.dtype != np.uint8 or plane.ndim != 2:
+        raise ValueError(f"{what} must be H×W uint8, got {plane.shape} {plane.dtype}")
+    return build_image(image_fields(plane, "mono8"), header, msg_type)
+
+
 def labels_to_image(labels: np.ndarray, header: Any = None, msg_type: Any = None) -> Any:
     """H×W uint8 class ids → mono8 sensor_msgs/Image."""
-    labels = np.asarray(labels)
-    if labels.dtype != np.uint8 or labels.ndim != 2:
-        raise ValueError(f"labels must be H×W uint8, got {labels.shape} {labels.dtype}")
-    return build_image(image_fields(labels, "mono8"), header, msg_type)
+    return mono8_to_image(labels, header, msg_type, "labels")

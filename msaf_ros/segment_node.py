@@ -7,6 +7,8 @@ header and resolution:
 - ``labels``      sensor_msgs/Image mono8, one class id per pixel;
 - ``color_mask``  sensor_msgs/Image rgb8, the class palette (only while subscribed);
 - ``overlay``     sensor_msgs/Image rgb8, frame and mask blended (only while subscribed);
+- ``confidence``  sensor_msgs/Image mono8, the winning class's softmax probability × 255
+  (computed only while subscribed);
 - ``class_info``  std_msgs/String, JSON class names/palette/checkpoint (latched);
 - ``label_info``  vision_msgs/LabelInfo (latched; only where vision_msgs is installed);
 - ``/diagnostics`` diagnostic_msgs/DiagnosticArray.
@@ -85,7 +87,8 @@ class SegmentNode:
             return {}
 
     def open_outputs(self) -> None:
-        """The publishers: labels, color_mask, overlay, /diagnostics, the latched class info."""
+        """The publishers: labels, color_mask, overlay, confidence, /diagnostics, the latched
+        class info."""
         from diagnostic_msgs.msg import DiagnosticArray  # noqa: PLC0415
         from sensor_msgs.msg import Image  # noqa: PLC0415
         n, kw = self.node, self._qos_kw()
@@ -94,9 +97,11 @@ class SegmentNode:
         self.pub_labels = n.create_publisher(Image, "labels", out_qos, **kw)
         self.pub_color = n.create_publisher(Image, "color_mask", out_qos, **kw)
         self.pub_overlay = n.create_publisher(Image, "overlay", out_qos, **kw)
+        self.pub_confidence = n.create_publisher(Image, "confidence", out_qos, **kw)
         self.pub_diag = n.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._publish_class_info()
-        self.pubs = [self.pub_labels, self.pub_color, self.pub_overlay, self.pub_diag,
+        self.pubs = [self.pub_labels, self.pub_color, self.pub_overlay, self.pub_confidence,
+                     self.pub_diag,
                      self.pub_class_info] + ([self.pub_label_info] if self.pub_label_info
                                              else [])
 
@@ -108,7 +113,8 @@ class SegmentNode:
         self.worker = InferenceWorker(
             self.seg, self._publish, stats=self.stats, log=self.log, compressed=compressed,
             max_pixels=cfg["max_pixels"], max_streams=cfg["max_streams"],
-            warn_period=cfg["warn_period"], now_ns=lambda: n.get_clock().now().nanoseconds)
+            warn_period=cfg["warn_period"], now_ns=lambda: n.get_clock().now().nanoseconds,
+            want_confidence=lambda: self.pub_confidence.get_subscription_count() > 0)
         if compressed:
             topic, mtype = self._resolved("image", Image) + "/compressed", CompressedImage
         else:
@@ -132,7 +138,7 @@ class SegmentNode:
         kind = "sensor_msgs/CompressedImage" if compressed else "sensor_msgs/Image"
         self.log.info(f"listening on {self.input_topic} ({kind}, {cfg['qos_reliability']}); "
                       f"publishing {self.pub_labels.topic_name}, {self.pub_color.topic_name}, "
-                      f"{self.pub_overlay.topic_name}")
+                      f"{self.pub_overlay.topic_name}, {self.pub_confidence.topic_name}")
 
     def _resolved(self, name: str, msg_type: Any) -> str:
         """The fully resolved (namespaced, remapped) name of a topic."""
@@ -163,8 +169,9 @@ class SegmentNode:
         li.threshold = 0.0
         self.pub_label_info.publish(li)
 
-    def _publish(self, header: Any, rgb: Any, labels: Any) -> None:
-        """The worker's publish callback: labels always, mask and overlay while subscribed."""
+    def _publish(self, header: Any, rgb: Any, labels: Any, confidence: Any = None) -> None:
+        """The worker's publish callback: labels always; mask and overlay while subscribed;
+        confidence when the worker computed it (it asks whether anyone is subscribed)."""
         Image = self._Image
         self.pub_labels.publish(ic.labels_to_image(labels, header, Image))
         self.stats.on_published("labels")
@@ -176,6 +183,9 @@ class SegmentNode:
             blend = self.seg.overlay(rgb, labels, self.cfg["overlay_alpha"])
             self.pub_overlay.publish(ic.rgb_to_image(blend, "rgb8", header, Image))
             self.stats.on_published("overlay")
+        if confidence is not None:
+            self.pub_confidence.publish(ic.mono8_to_image(confidence, header, Image))
+            self.stats.on_published("confidence")
 
     def _publish_diagnostics(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa

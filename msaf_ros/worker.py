@@ -5,7 +5,7 @@ The way of a frame::
 
     subscription callback ── submit(msg) ── cheap checks ── LatestSlot (one per camera)
                                                                   │
-    worker thread ── decode ── Segmenter.segment ── publish(header, rgb, labels) ── stats
+    worker thread ── decode ── Segmenter.segment ── publish(header, rgb, labels, conf) ── stats
 
 :meth:`InferenceWorker.submit` runs in the executor's thread and stays cheap: it checks the
 message's layout (raw) or its payload's framing (compressed) without decoding, so a bad
@@ -30,8 +30,9 @@ from .msgs import stamp_ns
 from .params import MIN_SIDE
 from .runtime import BAD_TEXT, RESET_TEXT, LatestSlot, Stats, Throttle, shorten, stream_key
 
-#: publish(header, rgb, labels): send the results of one frame (called on the worker thread).
-Publish = Callable[[Any, np.ndarray, np.ndarray], None]
+#: publish(header, rgb, labels, confidence): send the results of one frame (called on the
+#: worker thread); confidence is None unless ``want_confidence()`` said yes for this frame.
+Publish = Callable[[Any, np.ndarray, np.ndarray, Optional[np.ndarray]], None]
 
 #: The drop rate is judged over windows of this many seconds ...
 DROP_WINDOW_S = 30.0
@@ -56,15 +57,19 @@ class InferenceWorker:
     shortened. Messages above ``max_message_bytes`` (default: from ``max_pixels``, see
     :func:`~msaf_ros.image_codec.max_message_bytes`; 0 = no limit) and compressed frames
     whose header declares more than ``max_pixels`` are dropped before decoding.
+    ``want_confidence()`` is asked once per frame (the node: is anyone subscribed to
+    ``confidence``?); only then does the segmenter compute the confidence map.
     """
 
     def __init__(self, segmenter: Any, publish: Publish, *, stats: Stats, log: Any,
                  compressed: bool = False, max_pixels: int = 0, max_streams: int = 16,
                  warn_period: float = 5.0, now_ns: Callable[[], int] = time.time_ns,
                  input_topic: str = "", max_message_bytes: Optional[int] = None,
-                 warm_up: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+                 warm_up: bool = True, clock: Callable[[], float] = time.monotonic,
+                 want_confidence: Callable[[], bool] = lambda: False) -> None:
         self.seg = segmenter
         self.publish = publish
+        self.want_confidence = want_confidence
         self.stats = stats
         self.log = log
         self.compressed = compressed
@@ -232,10 +237,15 @@ class InferenceWorker:
         stream, stamp = stream_key(header.frame_id), stamp_ns(header.stamp)
         self._note_stream(stream, rgb)
         # A zero stamp means "unset": no time-based cache resets for such publishers.
-        labels = self.seg.segment(rgb, stream=stream, stamp_ns=stamp or None)
+        confidence = None
+        if self.want_confidence():
+            labels, confidence = self.seg.segment(rgb, stream=stream, stamp_ns=stamp or None,
+                                                  confidence=True)
+        else:
+            labels = self.seg.segment(rgb, stream=stream, stamp_ns=stamp or None)
         if self._stop.is_set():
             return
-        self.publish(header, rgb, labels)
+        self.publish(header, rgb, labels, confidence)
         latency = (self.now_ns() - stamp) / 1e9 if stamp else None
         self.stats.on_processed(stream, time.perf_counter() - t0, latency)
 

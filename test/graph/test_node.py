@@ -273,6 +273,36 @@ def test_class_info_latched_and_parameters(io, probe, reference):
     assert "cuda:N" in device.description
 
 
+def test_confidence_only_while_subscribed(io, probe, val_frames, reference):
+    """confidence: mono8, the input's header and size, the winning class's softmax x 255 as
+    the Segmenter computes it; not computed or published while nobody subscribes."""
+    rgb = small(val_frames[0][2])
+    seg = reference()
+    before = latest_diag(io)
+    send(io, rgb, "cam_conf", T0)
+    after = latest_diag(io, lambda d: int(d["published_labels"]) > int(before["published_labels"]))
+    assert after["published_confidence"] == before["published_confidence"]
+    seg.segment(rgb, "c", T0)
+    probe.subscribe(Image, "/confidence")
+    probe.wait_matched(subs=["/confidence"])
+    probe.spin_for(1.0)                 # let the node see the subscription
+    got = send(io, rgb, "cam_conf", T0 + DT, ("/labels", "/confidence"))
+    conf = got["/confidence"]
+    assert conf.encoding == "mono8" and (conf.height, conf.width) == rgb.shape[:2]
+    assert conf.header.frame_id == "cam_conf" and stamp_of(conf) == T0 + DT
+    want_labels, want_conf = seg.segment(rgb, "c", T0 + DT, confidence=True)
+    assert np.array_equal(msg_array(got["/labels"]), want_labels)
+    assert np.abs(msg_array(conf).astype(int) - want_conf.astype(int)).max() <= 1
+    counted = latest_diag(io, lambda d: int(d["published_confidence"])
+                          > int(before["published_confidence"]))
+    probe.unsubscribe("/confidence")
+    probe.spin_for(1.5)
+    send(io, rgb, "cam_conf", T0 + 2 * DT)
+    later = latest_diag(io, lambda d: int(d["published_labels"])
+                        > int(counted["published_labels"]))
+    assert later["published_confidence"] == counted["published_confidence"]
+
+
 def test_vision_msgs_label_info(io, probe):
     vm = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not installed here")
     box = probe.subscribe(vm.LabelInfo, "/label_info", probe.qos(latched=True, depth=1))

@@ -25,11 +25,12 @@ class FakeSeg:
     def __init__(self, fail=False):
         self.calls, self.observed, self.fail, self.on_reset = [], [], fail, None
 
-    def segment(self, rgb, stream="default", stamp_ns=None):
+    def segment(self, rgb, stream="default", stamp_ns=None, confidence=False):
         if self.fail:
             raise RuntimeError("out of memory\nsecond line")
         self.calls.append((stream, stamp_ns))
-        return np.zeros(rgb.shape[:2], np.uint8)
+        labels = np.zeros(rgb.shape[:2], np.uint8)
+        return (labels, np.full(rgb.shape[:2], 200, np.uint8)) if confidence else labels
 
     def observe(self, stream, stamp_ns):
         self.observed.append((stream, stamp_ns))
@@ -92,12 +93,23 @@ def test_process_publishes_with_the_input_header_and_counts():
     worker.stats.snapshot()                  # opens the period the figures below cover
     msg = raw(12, 20, frame_id="front", sec=2)
     worker.process(msg)
-    (hdr, rgb, labels), = published
+    (hdr, rgb, labels, confidence), = published
     assert hdr is msg.header and rgb.shape == (12, 20, 3) and labels.shape == (12, 20)
+    assert confidence is None                # nobody asked for it: not computed
     assert worker.seg.calls == [("front", 2 * 10**9)]
     s = worker.stats.snapshot()
     assert s["processed"] == 1 and s["latency_ms_mean"] == 1000.0
     assert ("info", "new stream 'front' (20x12)") in worker.log.lines
+
+
+def test_confidence_is_computed_only_for_frames_it_is_wanted_for():
+    wanted = [False]
+    worker, published = make_worker(want_confidence=lambda: wanted[0])
+    worker.process(raw(12, 20, sec=1))
+    wanted[0] = True
+    worker.process(raw(12, 20, sec=2))
+    assert published[0][3] is None
+    assert published[1][3].shape == (12, 20) and (published[1][3] == 200).all()
 
 
 def test_too_small_and_too_large_frames_are_dropped_in_the_callback():
