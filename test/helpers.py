@@ -168,8 +168,8 @@ def expected_labels(ckpt, msgs, alpha=0.5):
     out = {}
     for topic, typ, _, m in sorted(msgs, key=lambda x: stamp_of(x[3])):
         rgb = image_to_rgb(m) if typ == IMAGE else compressed_to_rgb(m)
-        lab = seg.segment(rgb, stream=topic, stamp_ns=stamp_of(m))
-        out[(topic, stamp_of(m))] = (lab, seg.colorize(lab), seg.overlay(rgb, lab, alpha))
+        lab, conf = seg.segment(rgb, stream=topic, stamp_ns=stamp_of(m), confidence=True)
+        out[(topic, stamp_of(m))] = (lab, seg.colorize(lab), seg.overlay(rgb, lab, alpha), conf)
     return out
 
 
@@ -183,10 +183,10 @@ class FakeSeg:
     on_reset = None
     palette = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
 
-    def segment(self, rgb, stream="default", stamp_ns=None):
+    def segment(self, rgb, stream="default", stamp_ns=None, confidence=False):
         lab = np.zeros(rgb.shape[:2], np.uint8)
         lab[rgb.shape[0] // 2:] = 1
-        return lab
+        return (lab, np.full(lab.shape, 255, np.uint8)) if confidence else lab
 
     def colorize(self, labels):
         return self.palette[labels]

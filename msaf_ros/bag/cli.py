@@ -4,7 +4,7 @@
 
     msaf-bag segment INPUT OUTPUT --topic /camera/image_raw [--topic ...] [--checkpoint CKPT]
                      [--namespace NS] [--labels-topic T] [--device auto] [--alpha 0.5]
-                     [--format mcap|sqlite3] [--max-frames N] [--force]
+                     [--format mcap|sqlite3] [--max-frames N] [--no-confidence] [--force]
     msaf-bag info INPUT
     msaf-bag play INPUT [--clock [HZ]] [--rate R] [--loop] [--topics T ...] [--start-offset S]
 
@@ -15,7 +15,9 @@ it is only ever opened read-only. OUTPUT is a new rosbag2 folder holding every i
 - ``<ns>/labels``      sensor_msgs/Image ``mono8``, the class id of every pixel;
 - ``<ns>/color_mask``  sensor_msgs/Image ``rgb8``, the classes in the model's palette;
 - ``<ns>/overlay``     sensor_msgs/Image ``rgb8``, the mask blended over the frame
-  (``(1 - alpha) * frame + alpha * mask``),
+  (``(1 - alpha) * frame + alpha * mask``);
+- ``<ns>/confidence``  sensor_msgs/Image ``mono8``, the winning class's softmax probability
+  × 255 (not with ``--no-confidence``),
 
 each with the header of the input frame (stamp and frame_id) and written at the input
 frame's bag time. ``<ns>`` is ``--namespace`` when given, else the input topic's parent
@@ -78,11 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "offline; no ROS installation needed.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="{segment,info,play}")
     s = sub.add_parser(
-        "segment", help="write a copy of a bag with labels, color_mask and overlay topics",
+        "segment", help="write a copy of a bag with labels, color_mask, overlay and "
+                        "confidence topics",
         description="Write OUTPUT, a copy of INPUT with <ns>/labels (mono8), <ns>/color_mask "
-                    "(rgb8) and <ns>/overlay (rgb8) for every --topic. <ns> is --namespace, or "
-                    "the parent of the input topic (image_transport suffix dropped): "
-                    "/camera/image_raw -> /camera/labels, /camera/color_mask, /camera/overlay.")
+                    "(rgb8), <ns>/overlay (rgb8) and <ns>/confidence (mono8) for every --topic."
+                    " <ns> is --namespace, or the parent of the input topic (image_transport "
+                    "suffix dropped): /camera/image_raw -> /camera/labels, /camera/color_mask, "
+                    "/camera/overlay, /camera/confidence.")
     s.add_argument("input", type=Path, help="input rosbag2 folder, or a .mcap / .db3 file")
     s.add_argument("output", type=Path, help="output rosbag2 folder (must not exist)")
     s.add_argument("--topic", "-t", action="append", default=[], required=True,
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice; 1 can be much faster "
                         "on a CPU busy with other work)")
+    s.add_argument("--no-confidence", action="store_true",
+                   help="do not write <ns>/confidence (the winning class's softmax x 255)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
     i = sub.add_parser("info", help="list a bag's topics and which ones are images")
@@ -143,7 +149,8 @@ def _run(args: argparse.Namespace) -> int:
                       device=args.device, namespace=args.namespace,
                       labels_topic=args.labels_topic, alpha=args.alpha, fmt=args.fmt,
                       compression=args.compression, force=args.force, max_frames=args.max_frames,
-                      progress=not args.no_progress and sys.stderr.isatty())
+                      progress=not args.no_progress and sys.stderr.isatty(),
+                      confidence=not args.no_confidence)
     print(res.report())
     return 0
 

@@ -20,7 +20,8 @@ from .io import (COMPRESSED, FORMATS, IMAGE, IMAGE_TYPES, Key, header_key, messa
                  typestore)
 from .output import check_output
 
-OUTPUT_KINDS = ("labels", "color_mask", "overlay")
+#: what is written for every segmented topic (confidence unless --no-confidence)
+OUTPUT_KINDS = ("labels", "color_mask", "overlay", "confidence")
 TRANSPORT_SUFFIXES = ("compressed", "compressedDepth", "theora", "zstd", "ffmpeg", "h264")
 
 
@@ -35,15 +36,16 @@ def base_topic(topic: str, msgtype: str = IMAGE) -> str:
     return "/".join(parts)
 
 
-def output_topics(topic: str, msgtype: str = IMAGE, namespace: Optional[str] = None
-                  ) -> Dict[str, str]:
-    """{'labels': ..., 'color_mask': ..., 'overlay': ...} for one input image topic."""
+def output_topics(topic: str, msgtype: str = IMAGE, namespace: Optional[str] = None,
+                  kinds: Sequence[str] = OUTPUT_KINDS) -> Dict[str, str]:
+    """{'labels': ..., 'color_mask': ..., 'overlay': ..., 'confidence': ...} (the ``kinds``)
+    for one input image topic."""
     if namespace:
         ns = "/" + namespace.strip().strip("/")
     else:
         ns = base_topic(topic, msgtype).rsplit("/", 1)[0] or "/"
     prefix = "" if ns == "/" else ns
-    return {k: f"{prefix}/{k}" for k in OUTPUT_KINDS}
+    return {k: f"{prefix}/{k}" for k in kinds}
 
 
 def check_request(input_path: Path, output: Path, topics: Sequence[str], *, alpha: float,
@@ -122,7 +124,8 @@ class Plan:
 
 
 def make_plan(reader: Any, input_path: Path, topics: Sequence[str],
-              labels_topic: Optional[str] = None, namespace: Optional[str] = None) -> Plan:
+              labels_topic: Optional[str] = None, namespace: Optional[str] = None,
+              kinds: Sequence[str] = OUTPUT_KINDS) -> Plan:
     """Check the topics against the bag and name the outputs (:meth:`Plan.scan` then reads
     the bag for the frame order)."""
     by_topic: Dict[str, List[Any]] = defaultdict(list)
@@ -134,7 +137,7 @@ def make_plan(reader: Any, input_path: Path, topics: Sequence[str],
                 {c.id for c in by_topic[labels_topic]} if labels_topic else set())
     taken: Dict[str, str] = {}
     for t in topics:
-        plan.outputs[t] = output_topics(t, plan.msgtypes[t], namespace)
+        plan.outputs[t] = output_topics(t, plan.msgtypes[t], namespace, kinds)
         for name in plan.outputs[t].values():
             if name in by_topic:
                 raise BagError(f"output topic {name} (for {t}) already exists in the input bag;"

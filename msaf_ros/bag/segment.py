@@ -4,8 +4,8 @@ The way of a message, after the plan (:mod:`~msaf_ros.bag.plan`, pass 1) ::
 
     input bag ── copied to the output bag ──┬── --labels-topic image ── Scorer
                                             └── --topic frame ── Reorder (stamp order)
-        ── decode ── Segmenter.segment ── labels, color_mask, overlay written at the
-           frame's bag time with its header ── Scorer
+        ── decode ── Segmenter.segment ── labels, color_mask, overlay, confidence written
+           at the frame's bag time with its header ── Scorer
 
 Each ``--topic`` is its own stream of the Segmenter (its own feature cache). No rclpy.
 """
@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
 from ..errors import first_line
-from ..image_codec import labels_to_image, rgb_to_image
+from ..image_codec import labels_to_image, mono8_to_image, rgb_to_image
 from ..model import load_model
 from .io import (IMAGE, McapExtras, decode_image, decode_labels, header_key, mcap_extras,
                  messages, open_reader, typestore)
 from .output import OutputBag
-from .plan import Plan, check_request, make_plan
+from .plan import OUTPUT_KINDS, Plan, check_request, make_plan
 from .reorder import Reorder
 from .result import Frame, SegmentResult, TopicStats
 from .scoring import Scorer
@@ -41,11 +41,13 @@ def segment_bag(input_path, output, topics: Sequence[str], *, segmenter=None,
                 labels_topic: Optional[str] = None, alpha: float = 0.5,
                 fmt: Optional[str] = None, compression: str = "zstd", force: bool = False,
                 max_frames: Optional[int] = None, progress: bool = False,
+                confidence: bool = True,
                 log: Callable[[str], None] = _stderr) -> SegmentResult:
     """Segment ``topics`` of the bag at ``input_path`` into a new bag at ``output``.
 
     ``segmenter``: a ready :class:`msaf_core.Segmenter` (else one is loaded from
-    ``checkpoint``, None = the bundled default model, on ``device``). Raises
+    ``checkpoint``, None = the bundled default model, on ``device``). ``confidence``:
+    also write ``<ns>/confidence`` (mono8, the winning class's softmax × 255). Raises
     :class:`~msaf_ros.errors.MsafRosError` (one-line message) for every problem a user can
     cause, an unusable model included; never leaves an incomplete OUTPUT.
     """
@@ -55,7 +57,8 @@ def segment_bag(input_path, output, topics: Sequence[str], *, segmenter=None,
                         compression=compression, max_frames=max_frames, force=force)
     reader = open_reader(input_path)
     try:
-        plan = make_plan(reader, input_path, topics, labels_topic, namespace)
+        kinds = [k for k in OUTPUT_KINDS if confidence or k != "confidence"]
+        plan = make_plan(reader, input_path, topics, labels_topic, namespace, kinds)
         seg = segmenter if segmenter is not None else load_model(checkpoint, device)
         plan.scan(reader, input_path, max_frames)
         if plan.total == 0:
@@ -160,14 +163,17 @@ class SecondPass:
             self.frame(t, *item)
 
     def frame(self, topic: str, conn: Any, bag_ns: int, raw: bytes) -> None:
-        """Segment one frame and write its three outputs at its bag time."""
+        """Segment one frame and write its outputs at its bag time."""
         st, seg, store = self.result.topics[topic], self.seg, self.store
         try:
             msg = store.deserialize_cdr(raw, conn.msgtype)
             rgb = decode_image(msg, conn.msgtype)
             key = header_key(msg)
             t0 = time.perf_counter()
-            labels = seg.segment(rgb, stream=topic, stamp_ns=key[0] if key[0] > 0 else bag_ns)
+            want = "confidence" in self.write_to[topic]
+            out = seg.segment(rgb, stream=topic, stamp_ns=key[0] if key[0] > 0 else bag_ns,
+                              **({"confidence": True} if want else {}))
+            labels, conf = out if want else (out, None)
             self.result.model_seconds += time.perf_counter() - t0
         except ValueError as e:   # ImageDecodeError and msaf_core's InputError are ValueErrors
             st.dropped += 1
@@ -178,6 +184,8 @@ class SecondPass:
                 "color_mask": rgb_to_image(seg.colorize(labels), "rgb8", header, ImageMsg),
                 "overlay": rgb_to_image(seg.overlay(rgb, labels, self.alpha), "rgb8", header,
                                         ImageMsg)}
+        if conf is not None:
+            outs["confidence"] = mono8_to_image(conf, header, ImageMsg, "confidence")
         for kind, m in outs.items():
             self.out.write(self.write_to[topic][kind], bag_ns, store.serialize_cdr(m, IMAGE))
         st.frames += 1

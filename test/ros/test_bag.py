@@ -22,7 +22,8 @@ def test_output_topic_naming():
     f = output_topics
     assert f("/camera/image_raw") == {"labels": "/camera/labels",
                                       "color_mask": "/camera/color_mask",
-                                      "overlay": "/camera/overlay"}
+                                      "overlay": "/camera/overlay",
+                                      "confidence": "/camera/confidence"}
     assert f("/camera/image_raw/compressed", COMPRESSED)["labels"] == "/camera/labels"
     assert f("/a/b/image", IMAGE)["overlay"] == "/a/b/overlay"
     assert f("/image_raw")["labels"] == "/labels"
@@ -55,9 +56,9 @@ def test_far_out_of_order_frame_is_not_waited_for(tmp_path, monkeypatch):
     seen = []
 
     class Rec(FakeSeg):
-        def segment(self, rgb, stream="default", stamp_ns=None):
+        def segment(self, rgb, stream="default", stamp_ns=None, confidence=False):
             seen.append(stamp_ns)
-            return super().segment(rgb, stream, stamp_ns)
+            return super().segment(rgb, stream, stamp_ns, confidence)
 
     res = segment_bag(inp, tmp_path / "out", ["/cam/image"], segmenter=Rec(),
                                log=lambda s: None)

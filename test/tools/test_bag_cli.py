@@ -58,12 +58,12 @@ def test_segment_bag(tmp_path, tiny_checkpoint, capsys, storage, kind):
 
     got, conns = read_bag(out)
     assert set(got) == {"/camera/image_raw", "/chatter", "/camera/labels",
-                        "/camera/color_mask", "/camera/overlay"}
+                        "/camera/color_mask", "/camera/overlay", "/camera/confidence"}
     # input messages copied byte for byte, same bag times
     src, _ = read_bag(inp)
     for topic in ("/camera/image_raw", "/chatter"):
         assert got[topic] == src[topic]
-    for k in ("labels", "color_mask", "overlay"):
+    for k in ("labels", "color_mask", "overlay", "confidence"):
         assert conns[f"/camera/{k}"].msgtype == IMAGE
         assert conns[f"/camera/{k}"].digest == IMAGE_RIHS01
         assert len(got[f"/camera/{k}"]) == len(cams)
@@ -71,7 +71,7 @@ def test_segment_bag(tmp_path, tiny_checkpoint, capsys, storage, kind):
     expect = expected_labels(tiny_checkpoint, cams)
     by_stamp = {stamp_of(m): (bag_ns, m) for _, _, bag_ns, m in cams}
     for k, enc, idx in (("labels", "mono8", 0), ("color_mask", "rgb8", 1),
-                        ("overlay", "rgb8", 2)):
+                        ("overlay", "rgb8", 2), ("confidence", "mono8", 3)):
         for bag_ns, raw, typ in got[f"/camera/{k}"]:
             m = deser(raw, typ)
             in_bag_ns, src_msg = by_stamp[stamp_of(m)]
@@ -98,7 +98,7 @@ def test_output_deserializes_with_rclpy(tmp_path, tiny_checkpoint, capsys):
     assert rc == 0, err
     got, _ = read_bag(out)
     for topic, enc in (("/camera/labels", "mono8"), ("/camera/color_mask", "rgb8"),
-                       ("/camera/overlay", "rgb8")):
+                       ("/camera/overlay", "rgb8"), ("/camera/confidence", "mono8")):
         for _, raw, _ in got[topic]:
             m = serialization.deserialize_message(raw, sensor_msgs.Image)
             assert (m.height, m.width, m.encoding, m.header.frame_id) == (H, W, enc, "cam")
@@ -138,11 +138,13 @@ def test_sqlite3_to_mcap_with_namespace(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "out"
     rc, _, err = msaf_bag(["segment", inp, out, "-t", "/camera/image_raw", "--format", "mcap",
                           "--namespace", "/msaf", "--checkpoint", tiny_checkpoint,
-                          "--device", "cpu", "--no-progress", "--alpha", "0.3"], capsys)
+                          "--device", "cpu", "--no-progress", "--alpha", "0.3",
+                          "--no-confidence"], capsys)
     assert rc == 0, err
     assert "storage_identifier: mcap" in (out / "metadata.yaml").read_text()
     got, _ = read_bag(out)
     assert {"/msaf/labels", "/msaf/color_mask", "/msaf/overlay"} <= set(got)
+    assert "/msaf/confidence" not in got               # --no-confidence
 
 
 def _small_bag(tmp_path, storage, n=4, name="in"):
