@@ -46,11 +46,13 @@ def load_node_model(cfg: Dict[str, Any]) -> Any:
         return Segmenter.from_checkpoint(path, device=device, size=inference_size(cfg),
                                          half=cfg["half"], bf16=cfg["bf16"],
                                          max_gap_s=cfg["max_gap"] or None,
-                                         max_streams=cfg["max_streams"], backend=backend)
+                                         max_streams=cfg["max_streams"], backend=backend,
+                                         int8=cfg.get("int8", False))
     except (CheckpointError, ExportError) as e:
         raise ConfigError("checkpoint", str(e)) from None
     except BackendError as e:
-        raise ConfigError("backend", str(e)) from None
+        raise ConfigError("int8" if cfg.get("int8") and "int8" in str(e) else "backend",
+                          str(e)) from None
     except ValueError as e:
         raise ConfigError("half" if "half" in str(e) else "device", str(e)) from None
     except (RuntimeError, MemoryError) as e:

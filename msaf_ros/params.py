@@ -57,6 +57,11 @@ PARAMETERS: Tuple[Param, ...] = (
           "msaf-export folder); tensorrt (CUDA, engines built by msaf-export --format tensorrt).",
           hint="use backend:=torch, onnxruntime, openvino or tensorrt (docs/deploy.md)",
           choices=("torch", "onnxruntime", "openvino", "tensorrt")),
+    Param("int8", "bool", False,
+          "Run the int8 graphs of an export quantised by msaf-export --int8 (backend "
+          "openvino; checkpoint names the export folder).",
+          hint="set int8:=false, or backend:=openvino with checkpoint:=<an msaf-export "
+               "--format openvino --int8 folder>"),
     Param("threads", "int", 0,
           "CPU threads for torch (torch.set_num_threads); 0 = torch's default.",
           hint="use threads:=0 (torch default) or a small positive count", range=(0, 256)),

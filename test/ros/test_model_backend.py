@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from msaf_ros.errors import MsafRosError
-from msaf_ros.model import load_model, load_node_model
+from msaf_ros.model import describe, load_model, load_node_model
 from msaf_ros.params import DEFAULTS, ConfigError, validate
 
 
@@ -32,3 +32,31 @@ def test_tools_get_a_one_line_error_for_a_missing_engine(monkeypatch):
     with pytest.raises(MsafRosError) as e:
         load_model(None, "cpu", backend="openvino")
     assert "pip install .[openvino]" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_int8_parameter(tiny_checkpoint, tmp_path, val_frames):
+    """int8:=true needs the openvino backend and an export with int8 graphs; either mistake
+    stops the node with one line naming int8. With both, the node runs the int8 graphs."""
+    cfg = validate({**DEFAULTS, "int8": True, "device": "cpu",
+                    "checkpoint": str(tiny_checkpoint)})
+    with pytest.raises(ConfigError) as e:
+        load_node_model(cfg)                              # backend torch
+    assert e.value.param == "int8" and "openvino" in str(e.value)
+    pytest.importorskip("openvino", reason="pip install .[openvino]")
+    pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript")
+    from msaf_core.tools import export as export_tool
+    out = tmp_path / "ov"
+    assert export_tool.main(["--format", "openvino", str(tiny_checkpoint), str(out)]) == 0
+    cfg = validate({**DEFAULTS, "int8": True, "device": "cpu", "backend": "openvino",
+                    "checkpoint": str(out)})
+    with pytest.raises(ConfigError) as e:
+        load_node_model(cfg)                              # an export without int8 graphs
+    assert e.value.param == "int8" and "msaf-export --int8" in str(e.value)
+    assert "\n" not in str(e.value)
+    pytest.importorskip("nncf", reason="int8 quantisation needs nncf (pip install .[int8])")
+    from msaf_core.export import quantize_openvino
+    quantize_openvino(out, [val_frames[0][0:3]], threads=1)
+    seg = load_node_model(cfg)
+    assert seg.engine.describe() == "openvino int8"
+    assert "with openvino int8" in describe(seg, cfg)
+    assert seg.segment(val_frames[0][0], "c", 0).shape == (360, 480)
