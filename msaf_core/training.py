@@ -47,6 +47,7 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import MSAFConfig, VARIANTS, cityscapes_config, default_dim
 from .data import ClipAugment, ClipDataset, build_dataset, median_frequency_weights
+from .hardware import cpu_has_bf16
 from .model import MSAF, msaf_loss
 
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -247,15 +248,6 @@ def set_rng_state(st: Dict[str, Any]) -> None:
     np.random.set_state(("MT19937", st["numpy"].numpy().astype(np.uint32), st["numpy_pos"], 0, 0.0))
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 # -------------------------------------------------------------------------------------------

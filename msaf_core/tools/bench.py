@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import statistics
 import sys
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 import torch.profiler
 from torch import nn
 
+from ..hardware import cpu_description
 from ..config import MSAFConfig, default_dim
 from ..model import MSAF, TransformerBlock, fold_batchnorm, sincos_pos_2d
 
@@ -486,10 +486,16 @@ def _open_backend(backend: str, precision: str, checkpoint: Optional[str],
 
 def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple],
                    repeats: int, warmup: int, checkpoint: Optional[str] = None,
-                   export: Optional[str] = None) -> List[Dict[str, object]]:
+                   export: Optional[str] = None, confidence: bool = False
+                   ) -> List[Dict[str, object]]:
     """The streamed frame on each (backend, precision) at each size, interleaved: medians
     in ms, and each one's speed-up over torch fp32 of the same run. A combination that
-    cannot be opened (not installed, no int8 graphs) is reported with its reason."""
+    cannot be opened (not installed, no int8 graphs) is reported with its reason.
+    ``confidence``: each repeat also segments a frame with the confidence map (the next
+    frame of the same stream, so the cache is as full), reported as ``confidence_ms`` and
+    its median extra cost per frame, ``confidence_cost_ms`` (the difference of two noisy
+    frame times), and the confidence map alone from the logits of that size,
+    ``confidence_op_ms`` (:func:`~msaf_core.segmenter.winning_probability`, same threads)."""
     from ..backends import BackendError
     from ..export import ExportError
     combos, results = [], []
@@ -506,22 +512,52 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
         imgs = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g).numpy()
                 for _ in range(3)]
         times: Dict[tuple, List[float]] = {(b, p): [] for b, p, _ in combos}
+        conf_times: Dict[tuple, List[float]] = {(b, p): [] for b, p, _ in combos}
         for b, p, seg in combos:  # warm caches (and the engines' first-shape compilation)
             seg.reset()
             for i in range(2 + warmup):
                 seg.segment(imgs[i % 3], "bench", stamp_ns=i * 10**8)
         for r in range(repeats):
             for b, p, seg in combos:
+                stamp = (2 + warmup + 2 * r) * 10**8
                 t0 = time.perf_counter()
-                seg.segment(imgs[r % 3], "bench", stamp_ns=(2 + warmup + r) * 10**8)
+                seg.segment(imgs[r % 3], "bench", stamp_ns=stamp)
                 times[(b, p)].append(time.perf_counter() - t0)
+                if confidence:
+                    t0 = time.perf_counter()
+                    seg.segment(imgs[(r + 1) % 3], "bench", stamp_ns=stamp + 10**8,
+                                confidence=True)
+                    conf_times[(b, p)].append(time.perf_counter() - t0)
         base = statistics.median(times[("torch", "fp32")]) if ("torch", "fp32") in times else None
+        op_ms = _confidence_op_ms(combos[0][2].cfg.num_classes, h, w, repeats) \
+            if confidence and combos else None
         for (b, p), ts in times.items():
             ms = statistics.median(ts) * 1000
-            results.append({"backend": b, "precision": p, "size": f"{w}x{h}", "streamed_ms": ms,
-                            "fps": 1000.0 / ms,
-                            "speedup_vs_torch_fp32": None if base is None else base * 1000 / ms})
+            row = {"backend": b, "precision": p, "size": f"{w}x{h}", "streamed_ms": ms,
+                   "fps": 1000.0 / ms,
+                   "speedup_vs_torch_fp32": None if base is None else base * 1000 / ms}
+            if confidence:
+                row["confidence_ms"] = statistics.median(conf_times[(b, p)]) * 1000
+                row["confidence_cost_ms"] = statistics.median(
+                    [c - t for c, t in zip(conf_times[(b, p)], ts)]) * 1000
+                row["confidence_op_ms"] = op_ms
+            results.append(row)
     return results
+
+
+def _confidence_op_ms(num_classes: int, h: int, w: int, repeats: int) -> float:
+    """Median ms of the confidence map alone: (K, H, W) float32 logits and their argmax →
+    the uint8 map, as the Segmenter computes it after the upsampling."""
+    from ..segmenter import winning_probability
+    logits = torch.randn(num_classes, h, w, generator=torch.Generator().manual_seed(1))
+    labels = logits.argmax(0)
+    winning_probability(logits, labels)
+    ts = []
+    for _ in range(max(3, repeats)):
+        t0 = time.perf_counter()
+        winning_probability(logits, labels)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1000
 
 
 def _engine_versions(backends: List[str]) -> Dict[str, str]:
@@ -542,14 +578,20 @@ def _print_backends(results: List[Dict[str, object]], meta: Dict[str, str]) -> N
     engines = ", ".join(f"{k} {v}" for k, v in meta.get("engines", {}).items())
     print(f"streamed frame per backend, {meta['machine']}; torch {meta['torch']}"
           f"{', ' + engines if engines else ''}; medians, interleaved")
-    print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'ms':>10}{'FPS':>8}{'vs torch fp32':>15}")
+    conf = any("confidence_ms" in r for r in results)
+    print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'ms':>10}{'FPS':>8}{'vs torch fp32':>15}"
+          + (f"{'+confidence ms':>16}{'extra ms':>10}{'map ms':>10}" if conf else ""))
     for r in results:
         if "error" in r:
             print(f"  {r['backend']:<12}{r['precision']:<10}  not run: {r['error']}")
             continue
         sp = r["speedup_vs_torch_fp32"]
+        extra = (f"{r['confidence_ms']:>16.1f}{r['confidence_cost_ms']:>10.1f}"
+                 if "confidence_ms" in r else "")
+        if "confidence_op_ms" in r:
+            extra += f"{r['confidence_op_ms']:>10.1f}"
         print(f"  {r['backend']:<12}{r['precision']:<10}{r['size']:>10}{r['streamed_ms']:>10.1f}"
-              f"{r['fps']:>8.2f}{'' if sp is None else f'{sp:.2f}x':>15}")
+              f"{r['fps']:>8.2f}{'' if sp is None else f'{sp:.2f}x':>15}{extra}")
 
 
 def _size(s: str) -> tuple:
@@ -563,15 +605,7 @@ def _size(s: str) -> tuple:
 def _machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    return f"{cpu_description()}; {torch.get_num_threads()} threads"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -605,6 +639,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="with --backends: checkpoint (default: the bundled model)")
     p.add_argument("--export", default=None,
                    help="with --backends: an msaf-export folder for the engines")
+    p.add_argument("--confidence", action="store_true",
+                   help="with --backends: also time frames segmented with the confidence map")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -646,7 +682,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.backends:
         meta["engines"] = _engine_versions(args.backends)
         results = bench_backends(args.backends, args.precisions, args.sizes, args.repeats,
-                                 args.warmup, args.checkpoint, args.export)
+                                 args.warmup, args.checkpoint, args.export, args.confidence)
         _print_backends(results, meta)
     elif mode == "transformer":
         r = bench_transformer(args.size, device, args.repeats, args.warmup,

@@ -148,16 +148,29 @@ def test_backends_mode_compares_engines_on_one_checkpoint(tiny_checkpoint, tmp_p
     out = tmp_path / "b.json"
     assert bench.main(["--backends", "torch", "onnxruntime", "openvino", "--precisions", "fp32",
                        "bf16", "int8", "--checkpoint", str(tiny_checkpoint), "--sizes", "64x48",
-                       "--repeats", "1", "--warmup", "0", "--threads", "1",
+                       "--repeats", "1", "--warmup", "0", "--threads", "1", "--confidence",
                        "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["results"]
     ran = {(r["backend"], r["precision"]): r for r in rows if "error" not in r}
     assert set(ran) == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
                         ("openvino", "fp32"), ("openvino", "bf16")}
     assert all(r["size"] == "64x48" and r["streamed_ms"] > 0 for r in ran.values())
+    assert all(r["confidence_ms"] > 0 and "confidence_cost_ms" in r and r["confidence_op_ms"] > 0
+               for r in ran.values())
     assert ran[("torch", "fp32")]["speedup_vs_torch_fp32"] == pytest.approx(1.0)
     (failed,) = [r for r in rows if "error" in r]
     assert (failed["backend"], failed["precision"]) == ("openvino", "int8")
     assert "no int8 graphs" in failed["error"]
     printed = capsys.readouterr().out
-    assert "vs torch fp32" in printed and "not run: " in printed
+    assert "vs torch fp32" in printed and "not run: " in printed and "+confidence ms" in printed
+
+
+def test_the_machine_is_named_with_the_units_that_decide_the_precision():
+    from msaf_core.hardware import cpu_description, isa_summary
+    assert isa_summary({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}) == \
+        "AVX-512 + AMX (bf16, int8)"
+    assert isa_summary({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}) == \
+        "AVX-512 (BF16, VNNI), no AMX"
+    assert isa_summary({"avx2", "fma"}) == "AVX2 only (no AVX-512, no AMX)"
+    text = cpu_description()
+    assert "CPUs" in text and any(k in text for k in ("AVX", "AMX"))
