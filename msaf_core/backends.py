@@ -124,7 +124,10 @@ class Engine:
 
 
 class OnnxRuntimeEngine(Engine):
-    """ONNX Runtime, CPU execution provider, all graph optimisations, sequential."""
+    """ONNX Runtime, CPU execution provider, all graph optimisations, sequential.
+
+    Its threads do not spin after a run: torch's upsampling and argmax follow each head run
+    on the same cores, and ORT's default spin-wait takes CPU from them (docs/benchmarks.md)."""
 
     name = "onnxruntime"
 
@@ -137,6 +140,7 @@ class OnnxRuntimeEngine(Engine):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(part: str):
             f = self.graph_file(part, (".onnx",))

@@ -169,6 +169,16 @@ def test_engine_confidence_matches_torch(onnx_dir, tiny_checkpoint, val_frames, 
         assert np.abs(conf.astype(int) - ref_conf.astype(int)).max() <= 1
 
 
+@needs("onnxruntime")
+def test_onnxruntime_threads_do_not_spin_after_a_run(onnx_dir, threads):
+    """torch's upsampling and argmax run right after each head run on the same cores: ORT's
+    spin-waiting threads would take CPU from them."""
+    eng = open_engine("onnxruntime", onnx_dir, threads=threads)
+    for sess in (eng.enc, eng.hd):
+        opts = sess.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 @needs("openvino")
 def test_openvino_ir_export_and_odd_sizes(onnx_dir, tiny_checkpoint, val_frames, tmp_path,
                                           threads):
