@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .harness import (EXTRA_OUTPUTS, Harness, load_frames, make_harness,
+from .harness import (CONFIDENCE, EXTRA_OUTPUTS, Harness, load_frames, make_harness,
                       node_program_parser, node_report, parse_size, positive, run_program)
 from .report import LABELS, environment, fmt, stats_ms
 
@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=parse_size, default=(480, 360),
                    help="frame size WIDTHxHEIGHT the frames are resized to (480x360)")
     p.add_argument("--subscribe-all", action="store_true",
-                   help="also subscribe color_mask and overlay (the node then computes them)")
+                   help="also subscribe color_mask, overlay and confidence (the node then "
+                        "computes them)")
+    p.add_argument("--confidence", action="store_true",
+                   help="also subscribe confidence (the node then computes it)")
     p.add_argument("--drain-timeout", type=positive(float), default=15.0,
                    help="seconds at most to wait for the last outputs of a rate (15)")
     return p
@@ -106,12 +109,13 @@ def print_table(report: Dict[str, Any]) -> None:
     cfg = report["config"]
     print(f"segment_node end to end: {cfg['size']} frames, device {cfg['device']}, "
           f"threads {cfg['threads']}, {'reliable' if cfg['reliable'] else 'best-effort'} "
-          f"input{', all outputs subscribed' if cfg['subscribe_all'] else ''}")
+          f"input{', all outputs subscribed' if cfg['subscribe_all'] else ''}"
+          f"{', confidence subscribed' if cfg.get('confidence') else ''}")
     if report.get("model"):
         print(f"  {report['model']}")
     print(f"  frames: {report['frames_source']}")
     hdr = (f"{'rate Hz':>7} {'sent':>6} {'labels':>6} {'dropped':>7} {'out Hz':>6} "
-           f"{'lat p50':>8} {'p90':>6} {'p99':>6} {'max':>6} | {'node ms':>7} "
+           f"{'lat p50':>8} {'p90':>6} {'p95':>6} {'p99':>6} {'max':>6} | {'node ms':>7} "
            f"{'stale':>6} {'lost':>5} {'resets':>6} {'cpu':>5} {'rss MB':>7}")
     print(hdr)
     print("-" * len(hdr))
@@ -122,7 +126,7 @@ def print_table(report: Dict[str, Any]) -> None:
         share = (lambda v: "-" if v is None else f"{100 * v:.0f}%")
         print(f"{r['rate_hz']:>7g} {r['sent']:>6} {r['labels_received']:>6} "
               f"{share(r['dropped_share']):>7} {fmt(r['output_rate_hz'], '.2f'):>6} "
-              f"{fmt(lat.get('median')):>8} {fmt(lat.get('p90')):>6} "
+              f"{fmt(lat.get('median')):>8} {fmt(lat.get('p90')):>6} {fmt(lat.get('p95')):>6} "
               f"{fmt(lat.get('p99')):>6} {fmt(lat.get('max')):>6} | "
               f"{fmt(node.get('processing_ms_mean')):>7} {share(node.get('stale_share')):>6} "
               f"{share(node.get('lost_before_node_share')):>5} "
@@ -144,7 +148,8 @@ def print_table(report: Dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
     t_start = time.monotonic()
     frames, source = load_frames(args.frames_dir, args.size)
-    outputs = [LABELS] + (list(EXTRA_OUTPUTS) if args.subscribe_all else [])
+    outputs = [LABELS] + (list(EXTRA_OUTPUTS) if args.subscribe_all else
+                          [CONFIDENCE] if args.confidence else [])
     h = make_harness(args, frames, outputs)
     report: Dict[str, Any] = {
         "benchmark": "msaf_ros.bench_node",
@@ -152,7 +157,8 @@ def run(args: argparse.Namespace) -> Tuple[int, Dict[str, Any]]:
                    "threads": args.threads, "rates_hz": args.rates,
                    "duration_s": args.duration, "warmup_s": args.warmup,
                    "size": f"{args.size[0]}x{args.size[1]}", "frame_id": args.frame_id,
-                   "subscribe_all": args.subscribe_all, "reliable": args.reliable,
+                   "subscribe_all": args.subscribe_all, "confidence": args.confidence,
+                   "reliable": args.reliable,
                    "diag_period_s": args.diag_period,
                    "node_args": [f"{k}:={v}" for k, v in args.node_arg],
                    "domain_id": args.domain_id},

@@ -26,10 +26,10 @@ from ..msgs import qos, set_stamp, stamp_ns
 from ..params import MIN_SIDE
 from ..resources import SOURCE_ROOT
 from .node_process import NodeProcess, node_env
-from .report import LABELS, Recording, write_json
+from .report import CONFIDENCE, LABELS, Recording, write_json
 
 INPUT_TOPIC = "/camera/image_raw"
-EXTRA_OUTPUTS = ("/color_mask", "/overlay")
+EXTRA_OUTPUTS = ("/color_mask", "/overlay", CONFIDENCE)
 DIAGNOSTICS = "/diagnostics"
 FRAME_ID = "camera"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm")

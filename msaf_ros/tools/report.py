@@ -21,6 +21,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 LABELS = "/labels"
+#: the outputs that are mono8 images (the rest are rgb8)
+CONFIDENCE = "/confidence"
+MONO8_OUTPUTS = (LABELS, CONFIDENCE)
 
 #: An output received: (stamp, frame_id, arrival ns, rmw receive ns, width, height, encoding).
 Output = Tuple[int, str, int, int, int, int, str]
@@ -67,7 +70,7 @@ class Recording:
 
     def correspondence(self) -> Dict[str, Any]:
         """Every output of every topic: its (stamp, frame_id) is a sent frame, no stamp twice,
-        its size is the input's (and labels are mono8)."""
+        its size is the input's (and labels and confidence are mono8)."""
         w, h = self.frame_size
         report: Dict[str, Any] = {}
         ok = True
@@ -75,7 +78,7 @@ class Recording:
             counts = Counter(r[0] for r in recs)
             unknown = [r for r in recs if r[0] not in self.sent or r[1] != self.frame_id]
             dup = sorted(st for st, c in counts.items() if c > 1)
-            enc = "mono8" if topic == LABELS else "rgb8"
+            enc = "mono8" if topic in MONO8_OUTPUTS else "rgb8"
             bad = [r for r in recs if (r[4], r[5]) != (w, h) or r[6] != enc]
             t_ok = not unknown and not dup and not bad
             ok = ok and t_ok
@@ -158,7 +161,7 @@ class Recording:
         d = self.diags[-1]
         keys = ("frames_received", "frames_processed", "frames_dropped_stale", "frames_bad",
                 "cache_resets", "inference_errors", "published_labels", "published_color_mask",
-                "published_overlay")
+                "published_overlay", "published_confidence")
         out: Dict[str, Any] = {}
         for k in keys:
             try:
@@ -181,13 +184,14 @@ def _f(d: Dict[str, Any], key: str) -> float:
 
 
 def stats_ms(values: Iterable[float]) -> Optional[Dict[str, float]]:
-    """Count, mean, median, p90, p99 and max of millisecond values (None when empty)."""
+    """Count, mean, median, p90, p95, p99 and max of millisecond values (None when empty)."""
     a = np.asarray(list(values), dtype=float)
     if a.size == 0:
         return None
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(a, [50, 90, 95, 99])
     return {"n": int(a.size), "mean": round(float(a.mean()), 2), "median": round(float(p50), 2),
-            "p90": round(float(p90), 2), "p99": round(float(p99), 2),
+            "p90": round(float(p90), 2), "p95": round(float(p95), 2),
+            "p99": round(float(p99), 2),
             "max": round(float(a.max()), 2), "min": round(float(a.min()), 2)}
 
 

@@ -59,7 +59,8 @@ def run_program(module: str, args, tmp_path: Path, timeout: float = TIMEOUT):
 
 def check_latency(stats, n):
     assert stats is not None and stats["n"] == n
-    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["p99"] <= stats["max"]
+    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["p95"] <= stats["p99"] \
+        <= stats["max"]
     assert stats["min"] > 0          # arrival after the stamp: one clock for both
 
 
@@ -135,7 +136,7 @@ def test_bench_node_smoke(tiny_checkpoint, frames_dir, tmp_path):
         assert row["dropped_share"] == pytest.approx(1 - got / sent, abs=1e-4)
         check_latency(row["latency_ms"], got)
         assert row["output_rate_hz"] == pytest.approx(got / row["duration_s"], rel=1e-2)
-        for t in ("/color_mask", "/overlay"):
+        for t in ("/color_mask", "/overlay", "/confidence"):
             assert 0 <= row["other_outputs"][t]["received"] <= sent
         node = row["node"]
         if node is not None:       # the node's own counters over its diagnostics window
@@ -152,7 +153,9 @@ def test_bench_node_smoke(tiny_checkpoint, frames_dir, tmp_path):
     assert tot["frames_received"] <= all_["sent"]
     assert tot["frames_processed"] == tot["published_labels"] == all_["labels_received"]
     assert tot["published_color_mask"] > 0 and tot["published_overlay"] > 0
-    check_correspondence(r["correspondence"], ("/labels", "/color_mask", "/overlay"))
+    assert tot["published_confidence"] > 0
+    check_correspondence(r["correspondence"], ("/labels", "/color_mask", "/overlay",
+                                               "/confidence"))
 
 
 @pytest.mark.ros
