@@ -55,10 +55,19 @@ def isa_summary(flags: Set[str]) -> str:
     return units
 
 
+#: environment variables that cap the instruction set the kernels use (oneDNN: torch's and
+#: OpenVINO's convolutions; ATen: torch's own kernels), e.g. to run AVX2-only kernels on a
+#: newer CPU
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def cpu_description() -> str:
-    """e.g. ``AMD EPYC (family 26 model 2), 2 CPUs, AVX-512 (BF16, VNNI), no AMX``."""
+    """e.g. ``AMD EPYC (family 26 model 2), 2 CPUs, AVX-512 (BF16, VNNI), no AMX``, and the
+    instruction-set caps in force (``; kernels capped: ONEDNN_MAX_CPU_ISA=AVX2``)."""
     info = _cpuinfo()
     name = info.get("model name") or platform.processor() or platform.machine()
     fam = (f" (family {info['cpu family']} model {info['model']})"
            if "cpu family" in info and "model" in info else "")
-    return f"{name}{fam}, {os.cpu_count()} CPUs, {isa_summary(set(info.get('flags', '').split()))}"
+    caps = [f"{k}={os.environ[k]}" for k in ISA_CAPS if os.environ.get(k)]
+    return (f"{name}{fam}, {os.cpu_count()} CPUs, {isa_summary(set(info.get('flags', '').split()))}"
+            + (f"; kernels capped: {', '.join(caps)}" if caps else ""))

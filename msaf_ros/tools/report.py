@@ -212,7 +212,8 @@ def environment() -> Dict[str, Any]:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:
             pass
-    return {"host": platform.node(), "machine": platform.machine(),
+    from msaf_core.hardware import cpu_description  # noqa: PLC0415
+    return {"host": platform.node(), "machine": platform.machine(), "cpu": cpu_description(),
             "processor": platform.processor() or None, "cpus": os.cpu_count(),
             "python": platform.python_version(), "versions": versions,
             "rmw": os.environ.get("RMW_IMPLEMENTATION", "default"),

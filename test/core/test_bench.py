@@ -165,7 +165,9 @@ def test_backends_mode_compares_engines_on_one_checkpoint(tiny_checkpoint, tmp_p
     assert "vs torch fp32" in printed and "not run: " in printed and "+confidence ms" in printed
 
 
-def test_the_machine_is_named_with_the_units_that_decide_the_precision():
+def test_the_machine_is_named_with_the_units_that_decide_the_precision(monkeypatch):
+    for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(k, raising=False)
     from msaf_core.hardware import cpu_description, isa_summary
     assert isa_summary({"avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"}) == \
         "AVX-512 + AMX (bf16, int8)"
@@ -173,4 +175,6 @@ def test_the_machine_is_named_with_the_units_that_decide_the_precision():
         "AVX-512 (BF16, VNNI), no AMX"
     assert isa_summary({"avx2", "fma"}) == "AVX2 only (no AVX-512, no AMX)"
     text = cpu_description()
-    assert "CPUs" in text and any(k in text for k in ("AVX", "AMX"))
+    assert "CPUs" in text and any(k in text for k in ("AVX", "AMX")) and "capped" not in text
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert cpu_description().endswith("; kernels capped: ONEDNN_MAX_CPU_ISA=AVX2")

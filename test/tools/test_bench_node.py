@@ -126,6 +126,7 @@ def test_bench_node_smoke(tiny_checkpoint, frames_dir, tmp_path):
     assert r is not None
     assert "rate Hz" in proc.stdout and "latency" in proc.stdout
     assert r["config"]["size"] == SIZE and r["model"].startswith("model ")
+    assert "CPUs" in r["environment"]["cpu"]           # the CPU named with its units
     assert [row["rate_hz"] for row in r["rates"]] == rates
     sent_total = 0
     for row in r["rates"]:
