@@ -255,8 +255,13 @@ def test_signal_clean_exit(tiny_checkpoint, probe, val_frames, sig, busy):
         if busy:
             pub = probe.publisher(Image, "/sig/image")
             probe.wait_matched([pub])
-            pub.publish(image_msg(val_frames[0][0], "sig", 5 * SEC))
-            assert node.wait_for("new stream 'sig'", 20)   # the worker is segmenting it
+            # the node's reader may match a moment after our writer does (volatile QoS: a
+            # frame sent before that is not delivered), so send until the worker has one
+            for i in range(40):
+                pub.publish(image_msg(val_frames[0][0], "sig", (5 + i) * SEC))
+                if node.wait_for("new stream 'sig'", 0.5):
+                    break
+            assert "new stream 'sig'" in node.output       # the worker is segmenting it
         rc, seconds = node.signal(sig)
         assert rc == 0, node.output[-2000:]
         assert seconds < 2.0, f"took {seconds:.2f} s to exit"
