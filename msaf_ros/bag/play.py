@@ -31,6 +31,12 @@ from .io import messages, open_reader
 
 DEFAULT_DEPTH = 10
 DEFAULT_CLOCK_HZ = 40.0
+#: After the last message: how long reliable publishers may wait for every subscriber's
+#: acknowledgement, and how long the node stays up for best-effort samples still in flight
+#: (large messages are sent in fragments after publish() returns; a writer destroyed at
+#: once loses them).
+FLUSH_TIMEOUT_S = 2.0
+LINGER_S = 0.5
 
 
 @dataclass
@@ -121,6 +127,8 @@ class Player:
                     self.stats.loops += 1
                     if not self.o.loop:
                         break
+                if not self.stop.is_set():
+                    ros.flush(self.stop)     # the last messages reach the subscribers
         finally:
             reader.close()
         return self.stats
@@ -190,6 +198,16 @@ class _Ros:
                              reliability=Rel.RELIABLE if reliable else Rel.BEST_EFFORT,
                              durability=Dur.TRANSIENT_LOCAL if transient else Dur.VOLATILE)
         return self.node.create_publisher(message_class(conn.msgtype), conn.topic, profile)
+
+    def flush(self, stop: threading.Event) -> None:
+        """Let what was published arrive before the node goes: reliable publishers wait
+        for their subscribers' acknowledgements (at most FLUSH_TIMEOUT_S), then the node
+        stays up LINGER_S for best-effort samples in flight (unless ``stop``)."""
+        from rclpy.duration import Duration  # noqa: PLC0415
+        for pub in self.node.publishers:
+            if pub.qos_profile.reliability == self._qos[1].RELIABLE:
+                pub.wait_for_all_acked(Duration(seconds=FLUSH_TIMEOUT_S))
+        stop.wait(LINGER_S)
 
     def clock(self, ns: int) -> None:
         msg = self._clock_msg()

@@ -388,6 +388,46 @@ def _play_bag(path):
     return frames
 
 
+def test_play_flushes_before_the_node_goes(tmp_path, monkeypatch):
+    """After the last message the player lets it arrive (acknowledgements of reliable
+    publishers, a linger for best-effort fragments in flight) before destroying the node;
+    a stopped play does not linger. Without this the last camera frame of a bag was
+    sometimes lost when the player exited right after publishing it."""
+    import threading
+
+    from msaf_ros.bag import play
+    events = []
+
+    class FakeRos:
+        def __init__(self, clock):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            events.append("destroyed")
+
+        def publisher(self, conn):
+            return type("Pub", (), {"publish": lambda _s, raw: events.append(conn.topic)})()
+
+        def clock(self, ns):
+            pass
+
+        def flush(self, stop):
+            events.append("flush")
+    monkeypatch.setattr(play, "_Ros", FakeRos)
+    bag = tmp_path / "drive"
+    _play_bag(bag)
+    play.Player(bag, play.PlayOptions(rate=100.0), threading.Event()).run()
+    assert events[-2:] == ["flush", "destroyed"] and events.count("/cam/image_raw") == 4
+    events.clear()
+    stop = threading.Event()
+    stop.set()
+    play.Player(bag, play.PlayOptions(rate=100.0), stop).run()
+    assert events == ["destroyed"]
+
+
 def test_play_qos_policy_follows_the_recorded_profiles():
     from msaf_ros.bag.play import DEFAULT_DEPTH, qos_policy
     assert qos_policy([]) == (True, False, DEFAULT_DEPTH)
