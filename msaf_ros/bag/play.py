@@ -33,8 +33,8 @@ DEFAULT_DEPTH = 10
 DEFAULT_CLOCK_HZ = 40.0
 #: After the last message: how long reliable publishers may wait for every subscriber's
 #: acknowledgement, and how long the node stays up for best-effort samples still in flight
-#: (large messages are sent in fragments after publish() returns; a writer destroyed at
-#: once loses them).
+#: (publish() may return before the middleware has delivered them; a writer destroyed at
+#: once can lose them).
 FLUSH_TIMEOUT_S = 2.0
 LINGER_S = 0.5
 
