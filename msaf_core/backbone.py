@@ -1,4 +1,4 @@
-"""Dilated ResNet feature extractor (output stride 8) with torchvision's parameter names.
+"""Dilated ResNet feature extractor (output stride 8, or 16) with torchvision's parameter names.
 
 The paper (§3.2) removes the classifier and the global pooling, and sets the strides of the
 last two stages (torchvision's ``layer3`` and ``layer4``; the paper's F4 and F5) to 1 with
@@ -9,6 +9,12 @@ entries dropped).
 
 Stage naming: F1 = conv1/bn1/relu/maxpool (stride 4), F2 = layer1 (stride 4),
 F3 = layer2 (stride 8), F4 = layer3 (stride 8, dilation 2), F5 = layer4 (stride 8, dilation 4).
+
+Output stride 16 (``set_output_stride(16)``) keeps layer3's stride 2 (undilated) and dilates
+layer4 by 2: F4 and F5 on the 1/16 grid, F3 still at 1/8. The weights are the same tensors
+at either stride (only the convolutions' stride, dilation and padding change), so one set of
+weights can be trained and run at both; 16 costs about a third of 8 (layers 3 and 4 run on a
+quarter of the positions).
 """
 
 from __future__ import annotations
@@ -75,15 +81,19 @@ _SPECS = {
 }
 
 
+OUTPUT_STRIDES = (8, 16)
+
+
 class DilatedResNet(nn.Module):
-    """ResNet trunk returning F3, F4, F5, all at 1/8 of the input size.
+    """ResNet trunk returning F3, F4, F5, all at 1/8 of the input size (output stride 8;
+    at output stride 16, F4 and F5 at 1/16).
 
     ``forward(x)``: x (B, 3, H, W) normalised RGB float → dict with ``'f3'`` (B, C3, H/8, W/8),
     ``'f4'`` (B, C4, H/8, W/8), ``'f5'`` (B, C5, H/8, W/8) (sizes rounded up as the convolutions
     round them). C3, C4, C5 = 128, 256, 512 for ResNet-18 and 512, 1024, 2048 for ResNet-50/101.
     """
 
-    def __init__(self, name: str = "resnet18") -> None:
+    def __init__(self, name: str = "resnet18", output_stride: int = 8) -> None:
         super().__init__()
         block, layers = _SPECS[name]
         self.name = name
@@ -111,6 +121,25 @@ class DilatedResNet(nn.Module):
                 nn.init.zeros_(m.bn3.weight)
             elif isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
+        self.output_stride = 8
+        self.set_output_stride(output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Run layers 3 and 4 at output stride 8 (the paper's: stride 1, dilation 2 and 4) or
+        16 (layer3 stride 2, dilation 1; layer4 dilation 2). Weights are untouched."""
+        if output_stride not in OUTPUT_STRIDES:
+            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+        s3, d3, d4 = (1, 2, 4) if output_stride == 8 else (2, 1, 2)
+        for layer, dilation in ((self.layer3, d3), (self.layer4, d4)):
+            for blk in layer:
+                for conv in blk.modules():
+                    if isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3):
+                        conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+        first = self.layer3[0]
+        (first.conv1 if isinstance(first, BasicBlock) else first.conv2).stride = (s3, s3)
+        if first.downsample is not None:
+            first.downsample[0].stride = (s3, s3)
+        self.output_stride = output_stride
 
     def _make_layer(self, block: Type[Union[BasicBlock, Bottleneck]], planes: int, blocks: int,
                     stride: int, dilation: int) -> nn.Sequential:

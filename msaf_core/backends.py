@@ -54,15 +54,27 @@ def import_backend(name: str) -> Any:
         raise BackendError(f"backend '{name}' is not installed ({e}); {INSTALL[name]}") from None
 
 
-def resolve_export(path: Union[str, Path]) -> Path:
-    """An export folder as is; a checkpoint file → its cached ONNX export."""
+def resolve_export(path: Union[str, Path], output_stride: Optional[int] = None) -> Path:
+    """An export folder as is; a checkpoint file → its cached ONNX export (at
+    ``output_stride``, else the checkpoint's own). A folder exported at another stride
+    than ``output_stride`` is refused, naming the fix."""
     p = Path(path)
     if p.is_dir():
         if not (p / RECORD_NAME).is_file():
             raise BackendError(f"{p}: not an msaf export folder (no {RECORD_NAME}); pass a "
                                f"checkpoint, or a folder written by msaf-export --format onnx")
+        if output_stride is not None:
+            try:
+                made = (read_record(p).get("config") or {}).get("output_stride", 8)
+            except ExportError as e:
+                raise BackendError(str(e)) from None
+            if made != output_stride:
+                raise BackendError(
+                    f"{p} was exported at output stride {made}, not {output_stride}; export "
+                    f"it again with msaf-export --output-stride {output_stride}, or pass the "
+                    f"checkpoint itself")
         return p
-    return cached_export(p)
+    return cached_export(p, output_stride=output_stride)
 
 
 class Engine:
@@ -197,17 +209,20 @@ ENGINES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
 
 
 def open_engine(backend: str, path: Union[str, Path], precision: str = "fp32",
-                threads: int = 0, device: Optional[str] = None) -> Engine:
+                threads: int = 0, device: Optional[str] = None,
+                output_stride: Optional[int] = None) -> Engine:
     """The engine ``backend`` over ``path`` (an export folder, or a checkpoint exported on
-    the fly into the cache). ``device`` is for ``tensorrt`` (a CUDA device)."""
+    the fly into the cache, at ``output_stride`` where given). ``device`` is for
+    ``tensorrt`` (a CUDA device)."""
     if backend == "tensorrt":
         from .tensorrt_engine import TensorRTEngine  # CUDA and TensorRT only when asked for
         import_backend("tensorrt")
-        return TensorRTEngine(resolve_export(path), precision, threads, device or "cuda")
+        return TensorRTEngine(resolve_export(path, output_stride), precision, threads,
+                              device or "cuda")
     if backend not in ENGINES:
         raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     import_backend(backend)  # the install hint before any export work
-    return ENGINES[backend](resolve_export(path), precision, threads)
+    return ENGINES[backend](resolve_export(path, output_stride), precision, threads)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

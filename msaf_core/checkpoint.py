@@ -175,12 +175,18 @@ def config_from_checkpoint(ckpt: Dict[str, Any], path: PathLike = "<checkpoint>"
 
 
 def load_checkpoint(path: PathLike, *, num_classes: Optional[int] = None,
-                    map_location: Union[str, torch.device] = "cpu") -> Tuple[MSAF, Dict[str, Any]]:
+                    map_location: Union[str, torch.device] = "cpu",
+                    output_stride: Optional[int] = None) -> Tuple[MSAF, Dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights.
 
     ``num_classes``, when given, must match the checkpoint's (a typed error otherwise).
+    ``output_stride`` (8 or 16) runs the weights at that backbone stride instead of the
+    checkpoint's own (``train_options["output_strides"]`` says which ones they were trained
+    at; another loses accuracy).
     Returns ``(model in eval mode, checkpoint dict)``.
     """
+    if output_stride not in (None, 8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
     ckpt = read_checkpoint(path)
     cfg = config_from_checkpoint(ckpt, path)
     if num_classes is not None and num_classes != cfg.num_classes:
@@ -198,5 +204,7 @@ def load_checkpoint(path: PathLike, *, num_classes: Optional[int] = None,
                   f"{len(unexpected)} unexpected, e.g. {unexpected[:2]}; {len(wrong)} of wrong "
                   f"shape, e.g. {wrong[:2]})")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+    if output_stride is not None and output_stride != cfg.output_stride:
+        model.set_output_stride(output_stride)
     model.to(map_location).eval()
     return model, ckpt

@@ -62,6 +62,7 @@ class MSAFConfig:
     dcn_kernel: int = 3                 # K of the deformable alignment (paper: 3)
     dcn_groups: int = 8                 # offset groups of the deformable convolution (d % groups == 0)
     pst_pool: Tuple[int, int, int] = (4, 2, 1)  # PST down-sampling of frames t-2, t-1, t
+    output_stride: int = 8              # backbone grid: 8 (the paper's), or 16 (about 3× cheaper)
     logit_scale: float = 10.0           # initial scale s of the cosine logits s*cos(P, R) (learned)
     variant: str = "msaf"               # which row of the paper's Table 3 (see VARIANTS)
     mean: Tuple[float, float, float] = IMAGENET_MEAN  # per-channel mean of [0,1] input, RGB
@@ -101,6 +102,8 @@ class MSAFConfig:
             raise ValueError(f"dcn_groups must divide dim={self.dim}, got {self.dcn_groups!r}")
         if len(self.pst_pool) != 3 or any((not isinstance(p, int)) or p < 1 for p in self.pst_pool):
             raise ValueError(f"pst_pool must be 3 positive ints (t-2, t-1, t), got {self.pst_pool!r}")
+        if self.output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride!r}")
         if self.logit_scale <= 0:
             raise ValueError(f"logit_scale must be > 0, got {self.logit_scale!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):

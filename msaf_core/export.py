@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -131,6 +131,8 @@ def export_onnx(model: MSAF, out_dir: Union[str, Path],
     cfg = model.cfg
     H, W = torch.export.Dim("H", min=16), torch.export.Dim("W", min=16)
     h, w = torch.export.Dim("h", min=2), torch.export.Dim("w", min=2)
+    # the same example grid at either stride (the head's shape guards come from its sizes)
+    example_size = tuple(s * cfg.output_stride // 8 for s in example_size)
     frame = torch.randn(1, 3, *example_size, generator=torch.Generator().manual_seed(0))
     enc, head = EncoderGraph(model).eval(), HeadGraph(model).eval()
     with torch.no_grad():
@@ -166,14 +168,16 @@ def read_record(export_dir: Union[str, Path]) -> Dict[str, Any]:
 
 
 def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path],
-                      fmt: str = "onnx") -> Dict[str, Any]:
+                      fmt: str = "onnx", output_stride: Optional[int] = None) -> Dict[str, Any]:
     """Export a checkpoint's model as the encoder/head pair in ``fmt`` (``onnx``: .onnx
     files; ``openvino``: OpenVINO IR .xml/.bin, float32 weights) with the record beside.
+    ``output_stride`` bakes that backbone stride into the graphs instead of the
+    checkpoint's own (the record's ``config`` says which).
     The folder is written under a temporary name and renamed when complete."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
-    model, ckpt = load_checkpoint(checkpoint)
+    model, ckpt = load_checkpoint(checkpoint, output_stride=output_stride)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
         graphs = export_onnx(model, tmp)
@@ -182,6 +186,7 @@ def export_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path],
         record = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "graph_format": fmt,
                   "graphs": graphs, "torch_version": str(torch.__version__),
                   **checkpoint_record(ckpt, checkpoint)}
+        record["config"] = model.cfg.to_dict()  # with the stride the graphs were made at
         write_record(tmp, record)
         umask = os.umask(0)
         os.umask(umask)
@@ -226,21 +231,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msaf"
 
 
-def cache_key(checkpoint: Union[str, Path]) -> str:
+def cache_key(checkpoint: Union[str, Path], output_stride: Optional[int] = None) -> str:
     """The name of a checkpoint's folder in the export cache."""
-    return hashlib.sha256(f"{file_sha256(checkpoint)}:{EXPORT_VERSION}:{torch.__version__}"
-                          .encode()).hexdigest()[:20]
+    key = f"{file_sha256(checkpoint)}:{EXPORT_VERSION}:{torch.__version__}"
+    if output_stride is not None:
+        key += f":os{output_stride}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
-def cached_export(checkpoint: Union[str, Path], cache: Union[str, Path, None] = None) -> Path:
-    """The ONNX export of ``checkpoint``, made once and kept under ``cache`` (default
-    :func:`cache_dir`), keyed by the file's SHA-256, this export version and torch's."""
-    read_checkpoint(checkpoint)  # a typed CheckpointError for a bad file, before any work
-    folder = Path(cache or cache_dir()) / "exports" / cache_key(checkpoint)
+def cached_export(checkpoint: Union[str, Path], cache: Union[str, Path, None] = None,
+                  output_stride: Optional[int] = None) -> Path:
+    """The ONNX export of ``checkpoint`` (at ``output_stride``, else the checkpoint's own),
+    made once and kept under ``cache`` (default :func:`cache_dir`), keyed by the file's
+    SHA-256, this export version, torch's and the stride."""
+    ckpt = read_checkpoint(checkpoint)  # a typed CheckpointError for a bad file, before any work
+    if output_stride == (ckpt.get("config") or {}).get("output_stride", 8):
+        output_stride = None  # the checkpoint's own: the same folder as without
+    folder = Path(cache or cache_dir()) / "exports" / cache_key(checkpoint, output_stride)
     if (folder / RECORD_NAME).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    export_checkpoint(checkpoint, folder, "onnx")
+    export_checkpoint(checkpoint, folder, "onnx", output_stride)
     return folder
 
 

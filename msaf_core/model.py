@@ -283,6 +283,9 @@ class DeformableAlign(nn.Module):
     def __init__(self, dim: int, k: int, groups: int) -> None:
         super().__init__()
         self.k, self.groups = k, groups
+        #: grid cells of output stride 8 per cell of this grid: offsets are predicted in 1/8
+        #: grid units, so that they mean the same image motion at output stride 16 (× 0.5)
+        self.offset_scale = 1.0
         self.offset_net = nn.Sequential(
             nn.Conv2d(2 * dim, dim, 3, padding=1), nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(dim, 3 * groups * k * k, 3, padding=1))
@@ -296,6 +299,8 @@ class DeformableAlign(nn.Module):
         om = self.offset_net(torch.cat([neighbour, current], dim=1))  # (B, 3*g*k*k, h, w)
         n_off = 2 * self.groups * self.k * self.k
         offset, mask = om[:, :n_off], om[:, n_off:].sigmoid()
+        if self.offset_scale != 1.0:
+            offset = offset * self.offset_scale
         h, w = neighbour.shape[-2:]
         if h > 1 and w > 1:
             return modulated_deform_conv(neighbour, offset, mask, self.weight, self.bias, self.groups)
@@ -423,7 +428,7 @@ class MSAF(nn.Module):
         #: optional ``name -> context manager`` wrapped around each stage of ``head``
         self.stage_timer: Optional[Callable[[str], ContextManager]] = None
         d, k = cfg.dim, cfg.num_classes
-        self.backbone = DilatedResNet(cfg.backbone)
+        self.backbone = DilatedResNet(cfg.backbone, cfg.output_stride)
         ch = self.backbone.channels
         self.reduce = conv_bn_relu(ch["f5"], d, 1)  # X = reduce(F5): what frames share in time
         if cfg.uses_motion:
@@ -446,21 +451,39 @@ class MSAF(nn.Module):
         if cfg.uses_assignment:
             self.region_proj = nn.Linear(d, d)
             self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale)))
+        self.set_output_stride(cfg.output_stride)
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Run the same weights at output stride 8 or 16 (``cfg.output_stride`` follows).
+
+        At 16 the backbone's F4/F5 and the whole head are on the 1/16 grid (F3 is average-
+        pooled onto it) and the deformable offsets are halved, so they keep meaning the same
+        image motion. Weights trained at one stride lose accuracy at the other unless trained
+        at both (``msaf-train --output-strides 8 16``)."""
+        self.backbone.set_output_stride(output_stride)
+        self.cfg = self.cfg.replace(output_stride=output_stride)
+        for m in self.modules():
+            if isinstance(m, DeformableAlign):
+                m.offset_scale = 8.0 / output_stride
 
     # -- one backbone pass --------------------------------------------------------------------
     def extract(self, frame: Tensor) -> Dict[str, Tensor]:
-        """frame (B, 3, H, W) → {'x': reduce(F5) (B, d, h, w), 'f3', 'f4'} (F3/F4 only if used)."""
+        """frame (B, 3, H, W) → {'x': reduce(F5) (B, d, h, w), 'f3', 'f4'} (F3/F4 only if used),
+        all on the backbone's grid (1/8, or 1/16 at output stride 16)."""
         f = self.backbone(frame)
         out = {"x": self.reduce(f["f5"])}
         if hasattr(self, "proj3"):
-            out["f3"], out["f4"] = f["f3"], f["f4"]
+            f3 = f["f3"]
+            if f3.shape[-2:] != f["f4"].shape[-2:]:  # output stride 16: F3 onto F4's grid
+                f3 = F.avg_pool2d(f3, 2, 2, ceil_mode=True)
+            out["f3"], out["f4"] = f3, f["f4"]
         return out
 
     # -- everything after the backbone --------------------------------------------------------
     def head(self, x_tm2: Optional[Tensor], x_tm1: Optional[Tensor], cur: Dict[str, Tensor],
              out_size: Optional[Tuple[int, int]]) -> Dict[str, Tensor]:
         """Everything after the backbone: logits upsampled to ``out_size`` (H, W), or left on
-        the 1/8 grid when ``out_size`` is None (the exported head; the caller upsamples)."""
+        the backbone's grid when ``out_size`` is None (the exported head; the caller upsamples)."""
         cfg = self.cfg
         timed = self.stage_timer or _no_timer  # benchmarks time the stages through this
         x_t = cur["x"]                                                  # (B, d, h, w)

@@ -25,11 +25,11 @@ from .export import export_checkpoint, read_record, write_record
 PROFILE = ((64, 64), (512, 1024), (1088, 1920))
 
 
-def _grid(hw: Tuple[int, int]) -> Tuple[int, int]:
-    return (hw[0] + 7) // 8, (hw[1] + 7) // 8
+def _grid(hw: Tuple[int, int], stride: int = 8) -> Tuple[int, int]:
+    return -(-hw[0] // stride), -(-hw[1] // stride)
 
 
-def _build(trt: Any, onnx_path: Path, fp16: bool) -> bytes:
+def _build(trt: Any, onnx_path: Path, fp16: bool, stride: int = 8) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -44,7 +44,7 @@ def _build(trt: Any, onnx_path: Path, fp16: bool) -> bytes:
     for i in range(network.num_inputs):
         inp = network.get_input(i)
         c = inp.shape[1]
-        sizes = PROFILE if inp.name == "frame" else tuple(_grid(s) for s in PROFILE)
+        sizes = PROFILE if inp.name == "frame" else tuple(_grid(s, stride) for s in PROFILE)
         profile.set_shape(inp.name, *[(1, c, h, w) for h, w in sizes])
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
@@ -74,7 +74,8 @@ def build_engines(source: Union[str, Path], out_dir: Union[str, Path],
             raise BackendError(f"{out} holds {onnx_file.name}; TensorRT builds from an ONNX "
                                f"export (msaf-export --format onnx)")
         plan = out / f"{part}_{prec}.plan"
-        plan.write_bytes(_build(trt, onnx_file, fp16))
+        plan.write_bytes(_build(trt, onnx_file, fp16,
+                                (rec.get("config") or {}).get("output_stride", 8)))
         rec["graphs"][f"{part}_trt_{prec}"] = dict(rec["graphs"][part], file=plan.name)
     rec["tensorrt_version"] = str(trt.__version__)
     write_record(out, rec)

@@ -74,7 +74,7 @@ MODEL_KEYS = ("dataset", "backbone", "dim", "heads", "variant")
 RECIPE_KEYS = ("batch_size", "iters", "lr", "head_lr_mult", "weight_decay", "warmup",
                "poly_power", "crop", "scale", "jitter", "class_weights", "history_grad", "seed",
                "gamma", "colour", "blur", "noise", "loss", "ohem_thresh", "ohem_min_kept",
-               "train_split", "seqs", "holdout_seq")
+               "train_split", "seqs", "holdout_seq", "output_strides")
 
 
 @dataclass
@@ -91,6 +91,8 @@ class TrainConfig:
     variant: str = "msaf"                    # a row of the paper's Table 3
     dim: Optional[int] = None                # head width d (None: 128 for resnet18, else 256)
     heads: int = 4                           # attention heads of every transformer block
+    output_strides: List[int] = field(default_factory=lambda: [8])  # trained in turn, one per
+    #                                          step; the first is the checkpoint's own
     # the recipe (None: from the preset)
     preset: str = "paper"
     iters: Optional[int] = None
@@ -146,6 +148,8 @@ class TrainConfig:
             raise ValueError(f"loss must be ce or ohem, got {self.loss!r}")
         if (self.seqs or self.holdout_seq) and self.dataset != "camvid":
             raise ValueError("seqs/holdout_seq select CamVid drives")
+        if not self.output_strides or any(o not in (8, 16) for o in self.output_strides):
+            raise ValueError(f"output_strides must be 8 and/or 16, got {self.output_strides!r}")
         for name in ("iters", "batch_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -170,7 +174,8 @@ class TrainConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
     def model_config(self) -> MSAFConfig:
-        kw = dict(backbone=self.backbone, dim=self.dim, heads=self.heads, variant=self.variant)
+        kw = dict(backbone=self.backbone, dim=self.dim, heads=self.heads, variant=self.variant,
+                  output_stride=self.output_strides[0])
         return cityscapes_config(**kw) if self.dataset == "cityscapes" else MSAFConfig(**kw)
 
     def augment(self) -> ClipAugment:
@@ -598,8 +603,12 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                             num_workers=cfg.workers, persistent_workers=False)
         for batch in loader:
             lr = cfg.lr * lr_factor(st.step, cfg.iters, cfg.warmup, cfg.poly_power)
+            strides = cfg.output_strides
+            if len(strides) > 1:  # this step's stride; validation and saving see the first
+                model.set_output_stride(strides[st.step % len(strides)])
             losses = train_step(ddp_model, batch, criterion, opt, scaler, lr, proc.device, amp,
                                 cfg.history_grad)
+            model.set_output_stride(strides[0])
             st.step += 1
             st.pos += 1
             if stop_at is not None and st.step >= stop_at:

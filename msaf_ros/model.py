@@ -47,11 +47,13 @@ def load_node_model(cfg: Dict[str, Any]) -> Any:
                                          half=cfg["half"], bf16=cfg["bf16"],
                                          max_gap_s=cfg["max_gap"] or None,
                                          max_streams=cfg["max_streams"], backend=backend,
-                                         int8=cfg.get("int8", False))
+                                         int8=cfg.get("int8", False),
+                                         output_stride=cfg.get("output_stride") or None)
     except (CheckpointError, ExportError) as e:
         raise ConfigError("checkpoint", str(e)) from None
     except BackendError as e:
-        raise ConfigError("int8" if cfg.get("int8") and "int8" in str(e) else "backend",
+        raise ConfigError("int8" if cfg.get("int8") and "int8" in str(e) else
+                          "output_stride" if "output stride" in str(e) else "backend",
                           str(e)) from None
     except ValueError as e:
         raise ConfigError("half" if "half" in str(e) else "device", str(e)) from None
@@ -62,14 +64,16 @@ def load_node_model(cfg: Dict[str, Any]) -> Any:
 
 
 def load_model(checkpoint: Optional[str] = None, device: str = "auto",
-               backend: str = "torch") -> Any:
+               backend: str = "torch", output_stride: Optional[int] = None) -> Any:
     """The Segmenter of ``checkpoint`` (None: the bundled model; an msaf-export folder for an
-    engine) on ``device`` and ``backend``, for the offline tools. An unusable checkpoint,
-    device or backend is a one-line :class:`MsafRosError`."""
+    engine) on ``device`` and ``backend`` (at ``output_stride``, else the checkpoint's), for
+    the offline tools. An unusable checkpoint, device or backend is a one-line
+    :class:`MsafRosError`."""
     from msaf_core import CheckpointError, Segmenter, default_checkpoint  # noqa: PLC0415
     from msaf_core.export import ExportError  # noqa: PLC0415
     try:
-        return Segmenter.from_checkpoint(checkpoint, device=device, backend=backend)
+        return Segmenter.from_checkpoint(checkpoint, device=device, backend=backend,
+                                         output_stride=output_stride)
     except ExportError as e:
         raise MsafRosError(str(e)) from None
     except CheckpointError as e:

@@ -62,6 +62,11 @@ PARAMETERS: Tuple[Param, ...] = (
           "openvino; checkpoint names the export folder).",
           hint="set int8:=false, or backend:=openvino with checkpoint:=<an msaf-export "
                "--format openvino --int8 folder>"),
+    Param("output_stride", "int", 0,
+          "Backbone output stride: 0 = the checkpoint's own (8 for the bundled model); 16 "
+          "runs the same weights about 3x cheaper at some accuracy (the bundled model is "
+          "trained at 8 and 16; docs/model.md gives both figures).",
+          hint="use output_stride:=0 (the checkpoint's), 8 or 16", range=(0, 16)),
     Param("threads", "int", 0,
           "CPU threads for torch (torch.set_num_threads); 0 = torch's default.",
           hint="use threads:=0 (torch default) or a small positive count", range=(0, 256)),
@@ -170,6 +175,8 @@ def validate(values: Dict[str, Any]) -> Dict[str, Any]:
         if 0 < s < MIN_SIDE:
             raise ConfigError(name, f"{s} is too small (the network needs >= {MIN_SIDE} "
                                     f"pixels)")
+    if int(v.get("output_stride", 0)) not in (0, 8, 16):
+        raise ConfigError("output_stride", f"{v['output_stride']!r} is not 0, 8 or 16")
     v["checkpoint"] = str(v.get("checkpoint", "")).strip()
     return v
 

@@ -477,17 +477,18 @@ BACKEND_PRECISIONS = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32",),
 
 
 def _open_backend(backend: str, precision: str, checkpoint: Optional[str],
-                  export: Optional[str]):
+                  export: Optional[str], output_stride: Optional[int] = None):
     from ..segmenter import Segmenter
     path = checkpoint if backend == "torch" else (export or checkpoint)
     return Segmenter.from_checkpoint(path, "cpu", backend=backend, bf16=precision == "bf16",
-                                     int8=precision == "int8", max_gap_s=None)
+                                     int8=precision == "int8", max_gap_s=None,
+                                     output_stride=output_stride)
 
 
 def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple],
                    repeats: int, warmup: int, checkpoint: Optional[str] = None,
-                   export: Optional[str] = None, confidence: bool = False
-                   ) -> List[Dict[str, object]]:
+                   export: Optional[str] = None, confidence: bool = False,
+                   output_stride: Optional[int] = None) -> List[Dict[str, object]]:
     """The streamed frame on each (backend, precision) at each size, interleaved: medians
     in ms, and each one's speed-up over torch fp32 of the same run. A combination that
     cannot be opened (not installed, no int8 graphs) is reported with its reason.
@@ -504,7 +505,8 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
             if prec not in BACKEND_PRECISIONS.get(b, ()):
                 continue
             try:
-                combos.append((b, prec, _open_backend(b, prec, checkpoint, export)))
+                combos.append((b, prec, _open_backend(b, prec, checkpoint, export,
+                                                      output_stride)))
             except (BackendError, ExportError) as e:
                 results.append({"backend": b, "precision": prec, "error": str(e)})
     g = torch.Generator().manual_seed(0)
@@ -641,6 +643,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="with --backends: an msaf-export folder for the engines")
     p.add_argument("--confidence", action="store_true",
                    help="with --backends: also time frames segmented with the confidence map")
+    p.add_argument("--output-stride", type=int, choices=(8, 16), default=None,
+                   help="with --backends: run the checkpoint at this backbone output stride "
+                        "(an --export folder must have been exported at it)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -682,7 +687,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     elif args.backends:
         meta["engines"] = _engine_versions(args.backends)
         results = bench_backends(args.backends, args.precisions, args.sizes, args.repeats,
-                                 args.warmup, args.checkpoint, args.export, args.confidence)
+                                 args.warmup, args.checkpoint, args.export, args.confidence,
+                                 args.output_stride)
         _print_backends(results, meta)
     elif mode == "transformer":
         r = bench_transformer(args.size, device, args.repeats, args.warmup,

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="the int8 graphs of an export quantised by msaf-export --int8 "
                         "(--backend openvino)")
+    p.add_argument("--output-stride", type=int, choices=(8, 16), default=None,
+                   help="backbone output stride (default: the checkpoint's; 16 is about 3x "
+                        "cheaper)")
     p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="inference resolution (labels are scored at the label resolution)")
@@ -67,7 +70,8 @@ def main(argv=None) -> int:
         seg = Segmenter.from_checkpoint(args.checkpoint, device=args.device,
                                         size=tuple(args.size) if args.size else None,
                                         half=args.half, bf16=args.bf16, max_gap_s=None,
-                                        backend=args.backend, int8=args.int8)
+                                        backend=args.backend, int8=args.int8,
+                                        output_stride=args.output_stride)
     except (CheckpointError, ExportError, ValueError) as e:
         print(f"msaf-eval: error: {e}", file=sys.stderr)
         return 1

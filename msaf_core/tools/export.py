@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-clips", type=int, default=32, help="clips to calibrate int8 on")
     p.add_argument("--calib-holdout-seq", nargs="+", default=[], metavar="SEQ",
                    help="leave these training sequences out of the calibration")
+    p.add_argument("--output-stride", type=int, choices=(8, 16), default=None,
+                   help="with --format onnx|openvino|tensorrt: the backbone output stride "
+                        "baked into the graphs (default: the checkpoint's; 16 is about 3x "
+                        "cheaper)")
     p.add_argument("--which", choices=["best", "last"], default="best")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     p.add_argument("--val-json", type=Path, default=None, help="msaf-eval --json output to embed")
@@ -131,7 +135,7 @@ def export_graphs(args: argparse.Namespace) -> int:
         from ..tensorrt_engine import build_engines
         rec = build_engines(args.run, args.out, fp16=not args.fp32)
     else:
-        rec = export_checkpoint(args.run, args.out, args.fmt)
+        rec = export_checkpoint(args.run, args.out, args.fmt, args.output_stride)
     if args.int8:
         clips = calibration_clips(args.int8, args.calib_clips, exclude=args.calib_holdout_seq)
         rec = quantize_openvino(args.out, clips)

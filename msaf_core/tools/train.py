@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "resnet18, 256 otherwise)")
     p.add_argument("--heads", type=int, default=4, help="attention heads in every transformer "
                    "block (d/heads = 32 suits CPU attention kernels)")
+    p.add_argument("--output-strides", type=int, nargs="+", choices=[8, 16], default=[8],
+                   metavar="OS", help="backbone output stride(s): 8 (the paper's), 16 (about "
+                   "3x cheaper); several are trained in turn, one per step, so that one set of "
+                   "weights runs at each (the first is the checkpoint's default)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None)

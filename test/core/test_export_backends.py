@@ -295,3 +295,53 @@ def test_int8_quantisation_adds_quantised_graphs_that_stream(onnx_dir, val_frame
     got = stream(seg, frames[:3])
     assert all(g.shape == (360, 480) and g.max() < seg.cfg.num_classes for g in got)
     assert seg.cache_len("cam") == 2
+
+
+# -- output stride 16 ----------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in CPU_ENGINES])
+def test_output_stride_16_is_exported_cached_and_run_like_torch(tiny_checkpoint, onnx_dir,
+                                                                val_frames, tmp_path_factory,
+                                                                backend, threads):
+    """A checkpoint run at output stride 16 on an engine: its own cached export (the
+    record says 16; the stride-8 folder is not reused), logits on the 1/16 grid equal to
+    torch's at 16, labels matching torch's Segmenter at 16; an export folder made at 8
+    is refused for 16, naming the fix."""
+    cache = session_cache(tmp_path_factory)
+    folder = cached_export(tiny_checkpoint, cache, output_stride=16)
+    assert folder != onnx_dir and read_record(folder)["config"]["output_stride"] == 16
+    assert cached_export(tiny_checkpoint, cache, output_stride=8) == onnx_dir
+    model, _ = load_checkpoint(tiny_checkpoint, output_stride=16)
+    fold_batchnorm(model)
+    eng = open_engine(backend, folder, threads=threads)
+    mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
+    xs = [(torch.tensor(f).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+          for f in val_frames[0][:3]]
+    with torch.inference_mode():
+        ref = [model.extract(x) for x in xs]
+        want = model.head(ref[0]["x"], ref[1]["x"], ref[2], None)["out"].permute(0, 2, 3, 1)
+    feats = [eng.extract(x) for x in xs]
+    got = eng.head(dict(feats[2], x_tm2=feats[0]["x"], x_tm1=feats[1]["x"]))
+    assert got.shape == want.shape == (1, 23, 30, 11)
+    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+    ref_seg = Segmenter.from_checkpoint(tiny_checkpoint, output_stride=16, max_gap_s=None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MSAF_CACHE_DIR", str(cache))
+        seg = Segmenter.from_checkpoint(tiny_checkpoint, backend=backend, output_stride=16,
+                                        max_gap_s=None)
+        assert seg.engine.dir == folder
+        with pytest.raises(BackendError, match=r"exported at output stride 8, not 16.*"
+                                               r"msaf-export --output-stride 16"):
+            Segmenter.from_checkpoint(onnx_dir, backend=backend, output_stride=16)
+    frames = val_frames[0][:4]
+    for a, b in zip(stream(ref_seg, frames), stream(seg, frames)):
+        assert agreement(a, b) > 0.995
+
+
+def test_export_command_bakes_the_output_stride(tiny_checkpoint, tmp_path):
+    out = tmp_path / "os16"
+    assert export_tool.main(["--format", "onnx", "--output-stride", "16", str(tiny_checkpoint),
+                             str(out)]) == 0
+    assert read_record(out)["config"]["output_stride"] == 16
+    with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
+        Segmenter.from_checkpoint(tiny_checkpoint, output_stride=12)

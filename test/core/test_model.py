@@ -337,3 +337,79 @@ def test_fold_batchnorm_refuses_a_training_model():
     from msaf_core.model import fold_batchnorm
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(make_tiny_model().train())
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_backbone_output_stride_16_is_torchvision_layer3_then_dilated_layer4(name):
+    """At output stride 16, F3 stays at 1/8 and F4, F5 are at 1/16; F4 is exactly
+    torchvision's (undilated, strided) layer3 on the same weights; switching back to 8
+    restores the paper's network exactly."""
+    import torchvision
+    bb = DilatedResNet(name).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        f8 = bb(x)
+        bb.set_output_stride(16)
+        f16 = bb(x)
+    assert f16["f3"].shape[-2:] == (8, 12)
+    assert f16["f4"].shape[-2:] == f16["f5"].shape[-2:] == (4, 6)
+    tv = getattr(torchvision.models, name)(weights=None).eval()
+    tv.load_state_dict({**bb.state_dict(), **{k: v for k, v in tv.state_dict().items()
+                                              if k.startswith("fc.")}})
+    with torch.no_grad():
+        ref = tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x)))))))
+    assert torch.allclose(f16["f4"], ref, atol=1e-5)
+    with torch.no_grad():
+        bb.set_output_stride(8)
+        again = bb(x)
+    assert all(torch.equal(again[k], f8[k]) for k in f8)
+    with pytest.raises(ValueError, match="output_stride"):
+        bb.set_output_stride(32)
+
+
+def test_msaf_at_output_stride_16_runs_on_the_1_16_grid():
+    from msaf_core.model import DeformableAlign
+    model = make_tiny_model()
+    frames = torch.randn(1, 3, 3, 90, 120)
+    with torch.no_grad():
+        out8 = model(frames)["out"]
+        model.set_output_stride(16)
+        feats = model.extract(frames[:, 2])
+        out16 = model(frames)["out"]
+    assert model.cfg.output_stride == 16
+    assert {k: tuple(v.shape[-2:]) for k, v in feats.items()} == {
+        "x": (6, 8), "f3": (6, 8), "f4": (6, 8)}
+    assert out16.shape == out8.shape == (1, 11, 90, 120) and torch.isfinite(out16).all()
+    assert not torch.allclose(out16, out8)
+    aligns = [m for m in model.modules() if isinstance(m, DeformableAlign)]
+    assert aligns and all(m.offset_scale == 0.5 for m in aligns)
+    # a model built at 16 is the same network as one switched to 16
+    built = make_tiny_model(output_stride=16)
+    built.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(built(frames)["out"], out16)
+    # the predicted offsets are halved at 16: an offset net predicting 2v there samples
+    # where one predicting v samples at 8 (offsets are in 1/8 grid units)
+    align = aligns[0]
+    n_off = 2 * align.groups * align.k * align.k
+    nb, cur = torch.randn(1, 16, 6, 8), torch.randn(1, 16, 6, 8)
+
+    def run(v, scale):
+        with torch.no_grad():
+            align.offset_net[-1].weight.zero_()
+            align.offset_net[-1].bias.zero_()
+            align.offset_net[-1].bias[:n_off] = v
+        align.offset_scale = scale
+        with torch.no_grad():
+            return align(nb, cur)
+    assert torch.allclose(run(1.4, 0.5), run(0.7, 1.0), atol=1e-6)
+    assert not torch.allclose(run(1.4, 1.0), run(0.7, 1.0), atol=1e-3)
+    model.set_output_stride(8)
+    assert model.cfg.output_stride == 8 and all(m.offset_scale == 1.0 for m in aligns)
+
+
+def test_output_stride_config():
+    assert MSAFConfig().output_stride == 8
+    assert MSAFConfig.from_dict(MSAFConfig(output_stride=16).to_dict()).output_stride == 16
+    with pytest.raises(ValueError, match="output_stride"):
+        MSAFConfig(output_stride=32)

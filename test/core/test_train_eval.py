@@ -294,3 +294,31 @@ def test_msaf_eval_cli(mini_camvid, tiny_checkpoint, tmp_path):
         total += confusion(seg.segment(clip[2]), lab, 11)
     np.testing.assert_array_equal(total, cm)
     assert eval_main(["--data-root", str(mini_camvid), "--checkpoint", str(tmp_path / "x.pt")]) == 1
+
+
+def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive_camvid,
+                                                                        tmp_path, monkeypatch):
+    """--output-strides 8 16 trains the steps at 8, 16, 8, ... on one set of weights; the
+    checkpoint is the model at the first stride, and its record lists both."""
+    import msaf_core.training as training
+    seen = []
+    real = training.train_step
+
+    def spy(model, *a, **k):
+        seen.append(model.backbone.output_stride)
+        return real(model, *a, **k)
+    monkeypatch.setattr(training, "train_step", spy)
+    out = tmp_path / "os"
+    assert train_main(["--data-root", str(two_drive_camvid), "--out", str(out), "--iters", "3",
+                       "--eval-every", "0", "--heads", "2", "--output-strides", "8", "16",
+                       *TINY]) == 0
+    assert seen == [8, 16, 8]
+    ck = read_checkpoint(out / "last.pt")
+    assert ck["config"]["output_stride"] == 8
+    assert ck["train_state"]["args"]["output_strides"] == [8, 16]
+    from msaf_core.tools.export import main as export_main
+    assert export_main([str(out), str(tmp_path / "os.pt"), "--which", "last"]) == 0
+    assert read_checkpoint(tmp_path / "os.pt")["extra"]["train_options"]["output_strides"] == [8, 16]
+    with pytest.raises(SystemExit):
+        train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "bad"),
+                    "--output-strides", "12", *TINY])

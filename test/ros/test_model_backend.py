@@ -60,3 +60,17 @@ def test_int8_parameter(tiny_checkpoint, tmp_path, val_frames):
     assert seg.engine.describe() == "openvino int8"
     assert "with openvino int8" in describe(seg, cfg)
     assert seg.segment(val_frames[0][0], "c", 0).shape == (360, 480)
+
+
+def test_output_stride_parameter(tiny_checkpoint):
+    """output_stride:=16 runs the checkpoint at stride 16; 0 keeps its own; other values
+    stop the node with one line naming the parameter."""
+    base = {**DEFAULTS, "device": "cpu", "checkpoint": str(tiny_checkpoint)}
+    assert load_node_model(validate(base)).cfg.output_stride == 8
+    assert load_node_model(validate({**base, "output_stride": 16})).cfg.output_stride == 16
+    for bad in (12, 32):
+        with pytest.raises(ConfigError) as e:
+            validate({**base, "output_stride": bad})
+        assert e.value.param == "output_stride" and "\n" not in str(e.value)
+    # the offline tools (msaf-bag segment --output-stride) load the same way
+    assert load_model(str(tiny_checkpoint), "cpu", "torch", 16).cfg.output_stride == 16
