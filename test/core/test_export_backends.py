@@ -108,12 +108,17 @@ def test_engine_logits_equal_the_torch_head(onnx_dir, tiny_checkpoint, val_frame
                                             threads):
     """Encoder outputs and grid logits of the pair against MSAF.extract / MSAF.head."""
     model, _ = load_checkpoint(tiny_checkpoint)
+    assert_engine_equals_torch(open_engine(backend, onnx_dir, threads=threads), model,
+                               val_frames[0][:3], grid=(45, 60))
+
+
+def assert_engine_equals_torch(eng, model, frames, grid):
+    """The engine's encoder outputs of the last frame and its grid logits over the three
+    ``frames`` equal MSAF.extract / MSAF.head (BatchNorm folded) to 1e-3."""
     fold_batchnorm(model)
-    eng = open_engine(backend, onnx_dir, threads=threads)
     mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
-    xs = [(torch.tensor(f).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
-          for f in val_frames[0][:3]]
+    xs = [(torch.tensor(f).permute(2, 0, 1)[None].float() / 255.0 - mean) / std for f in frames]
     with torch.inference_mode():
         ref = [model.extract(x) for x in xs]
         want = model.head(ref[0]["x"], ref[1]["x"], ref[2], None)["out"].permute(0, 2, 3, 1)
@@ -121,7 +126,7 @@ def test_engine_logits_equal_the_torch_head(onnx_dir, tiny_checkpoint, val_frame
     for k in ("x", "f3", "f4"):
         assert torch.allclose(got_feats[2][k], ref[2][k], atol=1e-3, rtol=1e-3), k
     got = eng.head(dict(got_feats[2], x_tm2=got_feats[0]["x"], x_tm1=got_feats[1]["x"]))
-    assert got.shape == want.shape == (1, 45, 60, 11)
+    assert got.shape == want.shape == (1, *grid, model.cfg.num_classes)
     assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
 
 
@@ -311,19 +316,8 @@ def test_output_stride_16_is_exported_cached_and_run_like_torch(tiny_checkpoint,
     assert folder != onnx_dir and read_record(folder)["config"]["output_stride"] == 16
     assert cached_export(tiny_checkpoint, cache, output_stride=8) == onnx_dir
     model, _ = load_checkpoint(tiny_checkpoint, output_stride=16)
-    fold_batchnorm(model)
-    eng = open_engine(backend, folder, threads=threads)
-    mean = torch.tensor(model.cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.cfg.std).view(1, 3, 1, 1)
-    xs = [(torch.tensor(f).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
-          for f in val_frames[0][:3]]
-    with torch.inference_mode():
-        ref = [model.extract(x) for x in xs]
-        want = model.head(ref[0]["x"], ref[1]["x"], ref[2], None)["out"].permute(0, 2, 3, 1)
-    feats = [eng.extract(x) for x in xs]
-    got = eng.head(dict(feats[2], x_tm2=feats[0]["x"], x_tm1=feats[1]["x"]))
-    assert got.shape == want.shape == (1, 23, 30, 11)
-    assert torch.allclose(got, want, atol=1e-3, rtol=1e-3)
+    assert_engine_equals_torch(open_engine(backend, folder, threads=threads), model,
+                               val_frames[0][:3], grid=(23, 30))
     ref_seg = Segmenter.from_checkpoint(tiny_checkpoint, output_stride=16, max_gap_s=None)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MSAF_CACHE_DIR", str(cache))
