@@ -46,7 +46,7 @@ setup(
         "openvino": ["openvino", "onnx", "onnxscript"],
         "int8": ["nncf", "openvino", "onnx", "onnxscript"],
         "test": ["pytest", "hypothesis", "opencv-python-headless",
-                 "onnx", "onnxscript", "onnxruntime", "openvino"],
+                 "onnx", "onnxscript", "onnxruntime", "openvino", "nncf"],
     },
     zip_safe=False,
     maintainer="msaf_ros developers",
