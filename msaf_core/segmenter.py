@@ -313,9 +313,8 @@ class Segmenter:
             with self._autocast():
                 logits = self.model.head(x_tm2, x_tm1, cur, out_size)["out"]  # (1, K, H, W)
         labels = logits[0].argmax(0)
-        if not confidence:
-            return labels.to(torch.uint8).cpu().numpy()
-        return labels.to(torch.uint8).cpu().numpy(), winning_probability(logits[0], labels)
+        ids = labels.to(torch.uint8).cpu().numpy()
+        return (ids, winning_probability(logits[0], labels)) if confidence else ids
 
     def segment(self, image: np.ndarray, stream: str = "default",
                 stamp_ns: Optional[int] = None, confidence: bool = False

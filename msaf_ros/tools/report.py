@@ -21,8 +21,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 LABELS = "/labels"
-#: the outputs that are mono8 images (the rest are rgb8)
 CONFIDENCE = "/confidence"
+#: the outputs that are mono8 images (the rest are rgb8)
 MONO8_OUTPUTS = (LABELS, CONFIDENCE)
 
 #: An output received: (stamp, frame_id, arrival ns, rmw receive ns, width, height, encoding).
