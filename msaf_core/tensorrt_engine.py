@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from .backends import BackendError, Engine, import_backend
+from .backends import BackendError, Engine, import_backend, resolve_export
 from .export import export_checkpoint, read_record, write_record
 
 #: (min, opt, max) frame sizes (H, W) of the optimisation profile
@@ -54,18 +54,20 @@ def _build(trt: Any, onnx_path: Path, fp16: bool, stride: int = 8) -> bytes:
 
 
 def build_engines(source: Union[str, Path], out_dir: Union[str, Path],
-                  fp16: bool = True) -> Dict[str, Any]:
+                  fp16: bool = True, output_stride: Optional[int] = None) -> Dict[str, Any]:
     """TensorRT engines of an ONNX export folder or a checkpoint, written into ``out_dir``
-    beside the ONNX pair and the record."""
+    beside the ONNX pair and the record. A checkpoint is exported at ``output_stride``
+    (default: its own); a folder exported at another stride is refused."""
     trt = import_backend("tensorrt")
     src, out = Path(source), Path(out_dir)
     if src.is_dir():
+        resolve_export(src, output_stride)          # an export folder, at the stride asked
         if src.resolve() != out.resolve():
             if out.exists():
                 shutil.rmtree(out)
             shutil.copytree(src, out)
     else:
-        export_checkpoint(src, out, "onnx")
+        export_checkpoint(src, out, "onnx", output_stride)
     rec = read_record(out)
     prec = "fp16" if fp16 else "fp32"
     for part in ("encoder", "head"):

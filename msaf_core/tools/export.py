@@ -133,7 +133,8 @@ def export_graphs(args: argparse.Namespace) -> int:
         raise ExportError("--int8 writes OpenVINO int8 graphs; use it with --format openvino")
     if args.fmt == "tensorrt":
         from ..tensorrt_engine import build_engines
-        rec = build_engines(args.run, args.out, fp16=not args.fp32)
+        rec = build_engines(args.run, args.out, fp16=not args.fp32,
+                            output_stride=args.output_stride)
     else:
         rec = export_checkpoint(args.run, args.out, args.fmt, args.output_stride)
     if args.int8:

@@ -239,6 +239,40 @@ def test_tensorrt_without_a_gpu_or_package_says_so(tiny_checkpoint):
     assert "\n" not in str(e.value)
 
 
+def test_tensorrt_build_bakes_the_output_stride(tiny_checkpoint, onnx_dir, tmp_path,
+                                                 monkeypatch, threads):
+    """``msaf-export --format tensorrt --output-stride 16``: the ONNX pair it builds from is
+    exported at 16 and the optimisation profile's feature grids are 1/16 ones; a folder
+    made at another stride is refused, naming the fix. TensorRT itself is stood in for
+    (it needs a GPU): what is checked is what reaches the engine builder."""
+    from msaf_core import tensorrt_engine as trt_mod
+    built = []
+
+    def fake_build(trt, onnx_path, fp16, stride=8):
+        built.append((onnx_path.name, fp16, stride))
+        return b"plan"
+
+    monkeypatch.setattr(trt_mod, "import_backend",
+                        lambda name: type("FakeTRT", (), {"__version__": "0"}))
+    monkeypatch.setattr(trt_mod, "_build", fake_build)
+    out = tmp_path / "trt16"
+    assert export_tool.main(["--format", "tensorrt", "--output-stride", "16",
+                             str(tiny_checkpoint), str(out)]) == 0
+    rec = read_record(out)
+    assert rec["config"]["output_stride"] == 16
+    assert built == [("encoder.onnx", True, 16), ("head.onnx", True, 16)]
+    assert {"encoder_trt_fp16", "head_trt_fp16"} <= set(rec["graphs"])
+    assert trt_mod._grid((512, 1024), 16) == (32, 64) and trt_mod._grid((360, 480), 16) == (23, 30)
+    # an ONNX folder made at 8, asked for 16: refused with the fix, nothing built
+    built.clear()
+    with pytest.raises(BackendError, match=r"output stride 8.*--output-stride 16") as e:
+        trt_mod.build_engines(onnx_dir, tmp_path / "trt_refused", output_stride=16)
+    assert "\n" not in str(e.value) and not built
+    # the same folder at its own stride builds
+    trt_mod.build_engines(onnx_dir, tmp_path / "trt8", fp16=False, output_stride=8)
+    assert built == [("encoder.onnx", False, 8), ("head.onnx", False, 8)]
+
+
 def test_backend_argument_errors(tiny_checkpoint, onnx_dir, tmp_path):
     with pytest.raises(BackendError, match="unknown backend 'tflite'"):
         Segmenter.from_checkpoint(tiny_checkpoint, backend="tflite")
