@@ -498,7 +498,12 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
     frame times), and the confidence map alone from the logits of that size,
     ``confidence_op_ms`` (:func:`~msaf_core.segmenter.winning_probability`, same threads)."""
     from ..backends import BackendError
-    from ..export import ExportError
+    from ..export import ExportError, read_record
+    if output_stride is None and export:    # torch runs the network the engines run
+        try:
+            output_stride = (read_record(export).get("config") or {}).get("output_stride")
+        except ExportError:
+            pass                            # reported below, per backend, by opening it
     combos, results = [], []
     for b in backends:
         for prec in precisions:
@@ -533,9 +538,11 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
         base = statistics.median(times[("torch", "fp32")]) if ("torch", "fp32") in times else None
         op_ms = _confidence_op_ms(combos[0][2].cfg.num_classes, h, w, repeats) \
             if confidence and combos else None
+        strides = {(b, p): seg.cfg.output_stride for b, p, seg in combos}
         for (b, p), ts in times.items():
             ms = statistics.median(ts) * 1000
-            row = {"backend": b, "precision": p, "size": f"{w}x{h}", "streamed_ms": ms,
+            row = {"backend": b, "precision": p, "size": f"{w}x{h}",
+                   "output_stride": strides[(b, p)], "streamed_ms": ms,
                    "fps": 1000.0 / ms,
                    "speedup_vs_torch_fp32": None if base is None else base * 1000 / ms}
             if confidence:
@@ -581,7 +588,8 @@ def _print_backends(results: List[Dict[str, object]], meta: Dict[str, str]) -> N
     print(f"streamed frame per backend, {meta['machine']}; torch {meta['torch']}"
           f"{', ' + engines if engines else ''}; medians, interleaved")
     conf = any("confidence_ms" in r for r in results)
-    print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'ms':>10}{'FPS':>8}{'vs torch fp32':>15}"
+    print(f"  {'backend':<12}{'precision':<10}{'size':>10}{'stride':>7}{'ms':>10}{'FPS':>8}"
+          f"{'vs torch fp32':>15}"
           + (f"{'+confidence ms':>16}{'extra ms':>10}{'map ms':>10}" if conf else ""))
     for r in results:
         if "error" in r:
@@ -592,7 +600,8 @@ def _print_backends(results: List[Dict[str, object]], meta: Dict[str, str]) -> N
                  if "confidence_ms" in r else "")
         if "confidence_op_ms" in r:
             extra += f"{r['confidence_op_ms']:>10.1f}"
-        print(f"  {r['backend']:<12}{r['precision']:<10}{r['size']:>10}{r['streamed_ms']:>10.1f}"
+        print(f"  {r['backend']:<12}{r['precision']:<10}{r['size']:>10}{r['output_stride']:>7}"
+              f"{r['streamed_ms']:>10.1f}"
               f"{r['fps']:>8.2f}{'' if sp is None else f'{sp:.2f}x':>15}{extra}")
 
 
@@ -645,7 +654,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="with --backends: also time frames segmented with the confidence map")
     p.add_argument("--output-stride", type=int, choices=(8, 16), default=None,
                    help="with --backends: run the checkpoint at this backbone output stride "
-                        "(an --export folder must have been exported at it)")
+                        "(an --export folder must have been exported at it; default: the "
+                        "--export folder's, else the checkpoint's)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:

@@ -165,6 +165,26 @@ def test_backends_mode_compares_engines_on_one_checkpoint(tiny_checkpoint, tmp_p
     assert "vs torch fp32" in printed and "not run: " in printed and "+confidence ms" in printed
 
 
+def test_backends_mode_runs_torch_at_the_export_folders_stride(tiny_checkpoint, tmp_path_factory,
+                                                              tmp_path, monkeypatch):
+    """``--export`` made at output stride 16 and no ``--output-stride``: torch runs at 16
+    too, so that the speed-up column compares one network; each row names its stride."""
+    pytest.importorskip("onnxscript", reason="the ONNX export needs onnxscript")
+    pytest.importorskip("onnxruntime", reason="pip install .[onnxruntime]")
+    from msaf_core.export import cached_export
+    cache = tmp_path_factory.getbasetemp() / "msaf_cache"
+    folder16 = cached_export(tiny_checkpoint, cache, output_stride=16)
+    monkeypatch.setenv("MSAF_CACHE_DIR", str(cache))
+    out = tmp_path / "b16.json"
+    assert bench.main(["--backends", "torch", "onnxruntime", "--precisions", "fp32",
+                       "--checkpoint", str(tiny_checkpoint), "--export", str(folder16),
+                       "--sizes", "64x48", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                       "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["backend"], r["output_stride"]) for r in rows] == [("torch", 16),
+                                                                 ("onnxruntime", 16)]
+
+
 def test_the_machine_is_named_with_the_units_that_decide_the_precision(monkeypatch):
     for k in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
         monkeypatch.delenv(k, raising=False)
