@@ -14,7 +14,8 @@ An engine is given an export folder (``msaf_export.json`` beside the graphs); a 
 checkpoint is exported once into a cache (:func:`msaf_core.export.cached_export`). Engines
 take and give torch tensors on their device (the CPU engines wrap numpy arrays without
 copies): ``extract(frame)`` → the encoder outputs by name, ``head(feats)`` → logits
-(1, h, w, K) on the 1/8 grid. Each CPU engine uses ``threads`` threads (0: its default).
+(1, h, w, K) on the feature grid (1/8, or 1/16 for an export made at output stride 16).
+Each CPU engine uses ``threads`` threads (0: its default).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Engine:
         return {k: _tensor(out[k]) for k in self.encoder_outputs}
 
     def head(self, feats: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The head inputs by name → logits (1, h, w, K) on the 1/8 grid."""
+        """The head inputs by name → logits (1, h, w, K) on the feature grid."""
         return _tensor(self._head({k: feats[k].numpy() for k in self.head_inputs}))
 
     def _extract(self, frame: np.ndarray) -> Dict[str, np.ndarray]:

@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     res.update({"dataset": args.dataset, "split": args.split, "seqs": args.seqs,
                 "holdout_seq": args.holdout_seq, "checkpoint": ck.get("path"),
                 "device": str(seg.device), "threads": torch.get_num_threads(),
-                "backend": args.backend,
+                "backend": args.backend, "output_stride": seg.cfg.output_stride,
                 "precision": ("int8" if args.int8 else "fp16" if args.half else
                               "bf16" if args.bf16 else "fp32")})
     what = args.split + (f" {'+'.join(args.seqs)}" if args.seqs else "") + (

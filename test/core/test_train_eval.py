@@ -242,6 +242,12 @@ def test_msaf_eval_selects_drives(two_drive_camvid, tiny_checkpoint, tmp_path):
     total = np.array(runs["one"]["confusion"]) + np.array(runs["rest"]["confusion"])
     np.testing.assert_array_equal(total, np.array(runs["all"]["confusion"]))
     assert eval_main([*common, "--seqs", "0007XX"]) == 1
+    # the JSON names the stride it was scored at (a figure at 16 is another network's)
+    assert runs["all"]["output_stride"] == 8
+    out = tmp_path / "os16.json"
+    assert eval_main([*common, "--seqs", "0006R0", "--output-stride", "16", "--json",
+                      str(out)]) == 0
+    assert json.loads(out.read_text())["output_stride"] == 16
 
 
 def test_confusion_matches_hand_count():
