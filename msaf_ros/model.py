@@ -101,7 +101,8 @@ def describe(seg: Any, cfg: Dict[str, Any]) -> str:
             f"trained at {ck.get('train_resolution')}) on {seg.device}"
             f"{' fp16' if cfg['half'] and seg.engine is None else ''}"
             f"{' bf16' if cfg['bf16'] and seg.engine is None else ''}"
-            f"{'' if seg.engine is None else ' with ' + seg.engine.describe()}, inference size "
+            f"{'' if seg.engine is None else ' with ' + seg.engine.describe()}, output stride "
+            f"{seg.cfg.output_stride}, inference size "
             f"{'native' if size is None else f'{size[0]}x{size[1]}'}, torch threads "
             f"{torch.get_num_threads()}")
 

@@ -67,7 +67,11 @@ def test_output_stride_parameter(tiny_checkpoint):
     stop the node with one line naming the parameter."""
     base = {**DEFAULTS, "device": "cpu", "checkpoint": str(tiny_checkpoint)}
     assert load_node_model(validate(base)).cfg.output_stride == 8
-    assert load_node_model(validate({**base, "output_stride": 16})).cfg.output_stride == 16
+    seg16 = load_node_model(validate({**base, "output_stride": 16}))
+    assert seg16.cfg.output_stride == 16
+    # the node's model line says which stride runs (the benchmarks record that line)
+    assert "output stride 16" in describe(seg16, validate({**base, "output_stride": 16}))
+    assert "output stride 8" in describe(load_node_model(validate(base)), validate(base))
     for bad in (12, 32):
         with pytest.raises(ConfigError) as e:
             validate({**base, "output_stride": bad})
