@@ -160,6 +160,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (CheckpointError, ExportError, BackendError) as e:
             print(f"msaf-export: error: {e}", file=sys.stderr)
             return 1
+    if args.output_stride is not None:
+        print("msaf-export: error: --output-stride bakes a stride into engine graphs (--format "
+              "onnx|openvino|tensorrt); a checkpoint runs at either, chosen when it is loaded "
+              "(output_stride=, the node's output_stride, --output-stride of the tools)",
+              file=sys.stderr)
+        return 1
     src = args.run / f"{args.which}.pt"
     log = args.run / "log.jsonl"
     if args.out.exists() and not args.force:

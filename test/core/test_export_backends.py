@@ -103,6 +103,15 @@ def test_export_refuses_an_existing_output_and_int8_without_openvino(onnx_dir, t
     assert "--int8" in err and "--format openvino" in err and "\n" not in err
 
 
+def test_export_of_a_checkpoint_refuses_output_stride(tmp_path, capsys):
+    """A .pt runs at either stride (chosen when it is loaded); --output-stride is for the
+    engine graphs, and is refused, not dropped, when writing a checkpoint."""
+    assert export_tool.main([str(tmp_path), str(tmp_path / "m.pt"), "--output-stride", "16"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--output-stride" in err and "--format onnx" in err and "\n" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
 @pytest.mark.parametrize("backend", [pytest.param(b, marks=needs(b)) for b in CPU_ENGINES])
 def test_engine_logits_equal_the_torch_head(onnx_dir, tiny_checkpoint, val_frames, backend,
                                             threads):
