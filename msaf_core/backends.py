@@ -29,7 +29,7 @@ import torch
 
 from .config import MSAFConfig
 from .errors import MSAFError
-from .export import RECORD_NAME, ExportError, cached_export, read_record
+from .export import RECORD_NAME, ExportError, cached_export, config_stride, read_record
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 #: the precisions each engine runs (torch: fp32, bf16 autocast, fp16 on CUDA)
@@ -66,7 +66,7 @@ def resolve_export(path: Union[str, Path], output_stride: Optional[int] = None) 
                                f"checkpoint, or a folder written by msaf-export --format onnx")
         if output_stride is not None:
             try:
-                made = (read_record(p).get("config") or {}).get("output_stride", 8)
+                made = config_stride(read_record(p))
             except ExportError as e:
                 raise BackendError(str(e)) from None
             if made != output_stride:

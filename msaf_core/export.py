@@ -153,6 +153,12 @@ def write_record(out_dir: Path, record: Dict[str, Any]) -> None:
     (out_dir / RECORD_NAME).write_text(json.dumps(record, indent=2))
 
 
+def config_stride(record: Dict[str, Any]) -> int:
+    """The output stride a checkpoint or an export record was made at (8 where it predates
+    the option)."""
+    return (record.get("config") or {}).get("output_stride", 8)
+
+
 def read_record(export_dir: Union[str, Path]) -> Dict[str, Any]:
     """The record of an export folder; :class:`ExportError` if it is not one."""
     path = Path(export_dir) / RECORD_NAME
@@ -245,7 +251,7 @@ def cached_export(checkpoint: Union[str, Path], cache: Union[str, Path, None] = 
     made once and kept under ``cache`` (default :func:`cache_dir`), keyed by the file's
     SHA-256, this export version, torch's and the stride."""
     ckpt = read_checkpoint(checkpoint)  # a typed CheckpointError for a bad file, before any work
-    if output_stride == (ckpt.get("config") or {}).get("output_stride", 8):
+    if output_stride == config_stride(ckpt):
         output_stride = None  # the checkpoint's own: the same folder as without
     folder = Path(cache or cache_dir()) / "exports" / cache_key(checkpoint, output_stride)
     if (folder / RECORD_NAME).is_file():

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 
 from .backends import BackendError, Engine, import_backend, resolve_export
-from .export import export_checkpoint, read_record, write_record
+from .export import config_stride, export_checkpoint, read_record, write_record
 
 #: (min, opt, max) frame sizes (H, W) of the optimisation profile
 PROFILE = ((64, 64), (512, 1024), (1088, 1920))
@@ -76,8 +76,7 @@ def build_engines(source: Union[str, Path], out_dir: Union[str, Path],
             raise BackendError(f"{out} holds {onnx_file.name}; TensorRT builds from an ONNX "
                                f"export (msaf-export --format onnx)")
         plan = out / f"{part}_{prec}.plan"
-        plan.write_bytes(_build(trt, onnx_file, fp16,
-                                (rec.get("config") or {}).get("output_stride", 8)))
+        plan.write_bytes(_build(trt, onnx_file, fp16, config_stride(rec)))
         rec["graphs"][f"{part}_trt_{prec}"] = dict(rec["graphs"][part], file=plan.name)
     rec["tensorrt_version"] = str(trt.__version__)
     write_record(out, rec)

@@ -498,10 +498,10 @@ def bench_backends(backends: List[str], precisions: List[str], sizes: List[tuple
     frame times), and the confidence map alone from the logits of that size,
     ``confidence_op_ms`` (:func:`~msaf_core.segmenter.winning_probability`, same threads)."""
     from ..backends import BackendError
-    from ..export import ExportError, read_record
+    from ..export import ExportError, config_stride, read_record
     if output_stride is None and export:    # torch runs the network the engines run
         try:
-            output_stride = (read_record(export).get("config") or {}).get("output_stride")
+            output_stride = config_stride(read_record(export))
         except ExportError:
             pass                            # reported below, per backend, by opening it
     combos, results = [], []
