@@ -515,7 +515,9 @@ class RunLog:
         (self.bar.write if self.bar is not None else print)(msg)
 
     def step(self, st: TrainState, lr: float, losses: Dict[str, float], every: int,
-             last: bool) -> None:
+             last: bool, output_stride: Optional[int] = None) -> None:
+        """Log the step just taken every ``every`` steps and at the last one; ``losses``
+        are that step's, at ``output_stride`` when several strides take turns."""
         if self.f is None:
             return
         if self.bar is not None:
@@ -526,7 +528,7 @@ class RunLog:
         ips = (st.step - self.s_last) / max(1e-9, now - self.t_last)
         self.t_last, self.s_last = now, st.step
         self.write({"step": st.step, "epoch": st.epoch, "lr": lr, "it_s": ips, "time": now,
-                    **losses})
+                    **({"output_stride": output_stride} if output_stride else {}), **losses})
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{lr:.2e}", it_s=f"{ips:.2f}")
 
@@ -604,8 +606,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         for batch in loader:
             lr = cfg.lr * lr_factor(st.step, cfg.iters, cfg.warmup, cfg.poly_power)
             strides = cfg.output_strides
+            step_stride = strides[st.step % len(strides)]
             if len(strides) > 1:  # this step's stride; validation and saving see the first
-                model.set_output_stride(strides[st.step % len(strides)])
+                model.set_output_stride(step_stride)
             losses = train_step(ddp_model, batch, criterion, opt, scaler, lr, proc.device, amp,
                                 cfg.history_grad)
             model.set_output_stride(strides[0])
@@ -615,7 +618,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 stop["flag"] = True
             if not math.isfinite(losses["loss"]):
                 raise SystemExit(f"[msaf-train] loss is {losses['loss']} at step {st.step}")
-            log.step(st, lr, losses, cfg.log_every, st.step == cfg.iters)
+            log.step(st, lr, losses, cfg.log_every, st.step == cfg.iters,
+                     step_stride if len(strides) > 1 else None)
             new_best = False
             if val_sets and (st.step % cfg.eval_every == 0 or st.step == cfg.iters):
                 miou, new_best = validate_and_save(out, cfg, model, proc.device, val_sets, st, log)

@@ -304,8 +304,9 @@ def test_msaf_eval_cli(mini_camvid, tiny_checkpoint, tmp_path):
 
 def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive_camvid,
                                                                         tmp_path, monkeypatch):
-    """--output-strides 8 16 trains the steps at 8, 16, 8, ... on one set of weights; the
-    checkpoint is the model at the first stride, and its record lists both."""
+    """--output-strides 8 16 trains the steps at 8, 16, 8, ... on one set of weights, and
+    log.jsonl says which stride each logged step ran at; the checkpoint is the model at the
+    first stride, and its record lists both."""
     import msaf_core.training as training
     seen = []
     real = training.train_step
@@ -317,8 +318,10 @@ def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive
     out = tmp_path / "os"
     assert train_main(["--data-root", str(two_drive_camvid), "--out", str(out), "--iters", "3",
                        "--eval-every", "0", "--heads", "2", "--output-strides", "8", "16",
-                       *TINY]) == 0
+                       "--log-every", "1", *TINY]) == 0
     assert seen == [8, 16, 8]
+    # each logged step names the stride its losses come from (they alternate too)
+    assert [r["output_stride"] for r in _log(out) if "loss" in r] == [8, 16, 8]
     ck = read_checkpoint(out / "last.pt")
     assert ck["config"]["output_stride"] == 8
     assert ck["train_state"]["args"]["output_strides"] == [8, 16]
