@@ -606,20 +606,21 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         for batch in loader:
             lr = cfg.lr * lr_factor(st.step, cfg.iters, cfg.warmup, cfg.poly_power)
             strides = cfg.output_strides
-            step_stride = strides[st.step % len(strides)]
-            if len(strides) > 1:  # this step's stride; validation and saving see the first
+            # this step's stride where several take turns; validation and saving see the first
+            step_stride = strides[st.step % len(strides)] if len(strides) > 1 else None
+            if step_stride:
                 model.set_output_stride(step_stride)
             losses = train_step(ddp_model, batch, criterion, opt, scaler, lr, proc.device, amp,
                                 cfg.history_grad)
-            model.set_output_stride(strides[0])
+            if step_stride:
+                model.set_output_stride(strides[0])
             st.step += 1
             st.pos += 1
             if stop_at is not None and st.step >= stop_at:
                 stop["flag"] = True
             if not math.isfinite(losses["loss"]):
                 raise SystemExit(f"[msaf-train] loss is {losses['loss']} at step {st.step}")
-            log.step(st, lr, losses, cfg.log_every, st.step == cfg.iters,
-                     step_stride if len(strides) > 1 else None)
+            log.step(st, lr, losses, cfg.log_every, st.step == cfg.iters, step_stride)
             new_best = False
             if val_sets and (st.step % cfg.eval_every == 0 or st.step == cfg.iters):
                 miou, new_best = validate_and_save(out, cfg, model, proc.device, val_sets, st, log)
