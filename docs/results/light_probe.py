@@ -1,6 +1,9 @@
 """Photometric-shift probe: mIoU of checkpoints on one CamVid drive under other light.
 
-    python docs/results/light_probe.py CKPT[,CKPT...] SPLIT SEQ FRAMES
+    python docs/results/light_probe.py CKPT[,CKPT...] SPLIT SEQ FRAMES [THREADS]
+
+(run from the repository root, with the CamVid data in ../shared/camvid; 2 threads unless
+THREADS says otherwise)
 
 Each checkpoint streams the first FRAMES frames of each sequence of drive SEQ as they are
 ("none"), darker ("dark": gamma 1.8, exposure x0.8), with a warm colour cast ("cast": gains
@@ -10,7 +13,7 @@ import sys, numpy as np, torch
 from msaf_core import Segmenter
 from msaf_core.data import CamVidClips, gaussian_blur
 from msaf_core.metrics import confusion, mean_iou
-torch.set_num_threads(2)
+torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else 2)
 def shift(img, kind):
     x = torch.from_numpy(img).permute(2, 0, 1).float() / 255
     if kind == "dark":   x = x.pow(1.8) * 0.8                       # dusk: gamma + exposure
@@ -19,7 +22,7 @@ def shift(img, kind):
         g = torch.Generator().manual_seed(0)
         x = gaussian_blur(x, 1.2) + 0.04 * torch.randn(x.shape, generator=g)
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-ds = CamVidClips("/work/shared/camvid", sys.argv[2], sequences=[sys.argv[3]], cache=False)
+ds = CamVidClips("../shared/camvid", sys.argv[2], sequences=[sys.argv[3]], cache=False)
 for ck in sys.argv[1].split(","):
     row = []
     for kind in ("none", "dark", "cast", "blurnoise"):
