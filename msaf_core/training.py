@@ -462,25 +462,39 @@ def train_step(model: torch.nn.Module, batch: Dict[str, torch.Tensor], criterion
 def validate_and_save(out: Path, cfg: TrainConfig, model: MSAF, device: torch.device,
                       val_sets: List[Tuple[str, ClipDataset]], st: TrainState,
                       log: "RunLog") -> Tuple[float, bool]:
-    """Stream every validation set through a copy of the model (as the node would), log
-    the figures, and write best.pt when the first set's mIoU is the best so far. Returns
-    that mIoU and whether it was a new best (``st.best`` is updated)."""
+    """Stream every validation set through a copy of the model (as the node would), at
+    every output stride the run trains, log the figures, and write best.pt when the first
+    set's mIoU is the best so far. Where several strides take turns, that mIoU is their
+    mean: the checkpoint is meant to run at any of them. Returns that mIoU and whether it
+    was a new best (``st.best`` is updated)."""
     from .evaluation import evaluate_stream
     from .segmenter import Segmenter
-    eval_model = MSAF(model.cfg)  # a copy: the Segmenter changes mode and layout
-    eval_model.load_state_dict(model.state_dict())
-    seg = Segmenter(eval_model, "cpu" if device.type == "cpu" else device, max_gap_s=None)
+    strides = cfg.output_strides
     metrics: Dict[str, Any] = {"step": st.step}
-    msgs = []
-    for name, vds in val_sets:
-        res = evaluate_stream(seg, vds, tc=False)
-        log.write({"step": st.step, "eval": name, "miou": float(res["miou"]),
-                   "fps": res["fps"], "iou": res["iou"], "time": time.time()})
-        metrics[f"{cfg.dataset}_{name}_miou"] = float(res["miou"])
-        metrics[f"{cfg.dataset}_{name}_iou"] = res["iou"]
-        msgs.append(f"{name} mIoU {100 * float(res['miou']):.2f}")
-    miou = metrics[f"{cfg.dataset}_{val_sets[0][0]}_miou"]
+    msgs, first = [], []
+    for stride in strides:
+        eval_model = MSAF(model.cfg)  # a copy: the Segmenter changes mode and layout
+        eval_model.load_state_dict(model.state_dict())
+        eval_model.set_output_stride(stride)
+        seg = Segmenter(eval_model, "cpu" if device.type == "cpu" else device, max_gap_s=None)
+        # the first stride's keys are those of a single-stride run; the others name theirs
+        tag = "" if stride == strides[0] else f"_os{stride}"
+        at = f" at stride {stride}" if len(strides) > 1 else ""
+        for i, (name, vds) in enumerate(val_sets):
+            res = evaluate_stream(seg, vds, tc=False)
+            log.write({"step": st.step, "eval": name, "miou": float(res["miou"]),
+                       "fps": res["fps"], "iou": res["iou"], "time": time.time(),
+                       **({"output_stride": stride} if len(strides) > 1 else {})})
+            metrics[f"{cfg.dataset}_{name}{tag}_miou"] = float(res["miou"])
+            metrics[f"{cfg.dataset}_{name}{tag}_iou"] = res["iou"]
+            msgs.append(f"{name}{at} mIoU {100 * float(res['miou']):.2f}")
+            if i == 0:
+                first.append(float(res["miou"]))
+    miou = sum(first) / len(first)
     msg = f"[msaf-train] step {st.step}: " + ", ".join(msgs)
+    if len(strides) > 1:
+        metrics[f"{cfg.dataset}_{val_sets[0][0]}_mean_over_strides_miou"] = miou
+        msg += f"; {val_sets[0][0]} mean over strides {100 * miou:.2f}"
     new_best = miou > st.best
     if new_best:
         st.best = miou
@@ -606,7 +620,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         for batch in loader:
             lr = cfg.lr * lr_factor(st.step, cfg.iters, cfg.warmup, cfg.poly_power)
             strides = cfg.output_strides
-            # this step's stride where several take turns; validation and saving see the first
+            # this step's stride where several take turns; checkpoints keep the first
             step_stride = strides[st.step % len(strides)] if len(strides) > 1 else None
             if step_stride:
                 model.set_output_stride(step_stride)

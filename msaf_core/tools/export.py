@@ -79,7 +79,8 @@ def train_wall_time_s(records: List[Dict[str, Any]]) -> float:
 
 def summarize_run(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     evals = [{"step": r["step"], "miou": r["miou"],
-              **({"set": r["eval"]} if isinstance(r["eval"], str) else {})}
+              **({"set": r["eval"]} if isinstance(r["eval"], str) else {}),
+              **({"output_stride": r["output_stride"]} if "output_stride" in r else {})}
              for r in records if "eval" in r]
     steps = [r["step"] for r in records if "eval" not in r and "step" in r]
     wall = train_wall_time_s(records)

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-strides", type=int, nargs="+", choices=[8, 16], default=[8],
                    metavar="OS", help="backbone output stride(s): 8 (the paper's), 16 (about "
                    "3x cheaper); several are trained in turn, one per step, so that one set of "
-                   "weights runs at each (the first is the checkpoint's default; validation "
-                   "and best.pt use it; each step logged in log.jsonl names its output_stride)")
+                   "weights runs at each (the first is the checkpoint's default; validation runs "
+                   "at each and best.pt is chosen by their mean mIoU; each step and validation "
+                   "logged in log.jsonl names its output_stride)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None)

@@ -331,3 +331,46 @@ def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive
     with pytest.raises(SystemExit):
         train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "bad"),
                     "--output-strides", "12", *TINY])
+
+
+def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_drive_camvid,
+                                                                          tmp_path, monkeypatch):
+    """A run trained at 8 and 16 is validated at both (each logged with its stride, on the
+    weights of that step), and best.pt is chosen by the mean of the first set's mIoU over
+    the strides, not by the first stride alone."""
+    import msaf_core.evaluation as evaluation
+    real = evaluation.evaluate_stream
+    scripted = {  # (validation call, stride) -> mIoU of the held-out drive
+        (1, 8): 0.50, (1, 16): 0.10,   # step 2: mean 0.30
+        (2, 8): 0.40, (2, 16): 0.30}   # step 4: mean 0.35, better though worse at 8
+    calls = {"n": 0}
+
+    def fake(seg, ds, **k):
+        res = real(seg, ds, **k)
+        stride = seg.model.cfg.output_stride
+        assert seg.model.backbone.output_stride == stride
+        if all(name.startswith("0006R0") for _, _, name in ds.items):
+            if stride == 8:
+                calls["n"] += 1
+            res["miou"] = scripted[(calls["n"], stride)]
+        return res
+    monkeypatch.setattr(evaluation, "evaluate_stream", fake)
+    out = tmp_path / "v"
+    assert train_main(["--data-root", str(two_drive_camvid), "--out", str(out), "--iters", "4",
+                       "--eval-every", "2", "--heads", "2", "--output-strides", "8", "16",
+                       "--holdout-seq", "0006R0", *TINY]) == 0
+    evals = [(r["step"], r["eval"], r["output_stride"]) for r in _log(out) if "eval" in r]
+    assert evals == [(s, n, o) for s in (2, 4) for o in (8, 16)
+                     for n in ("holdout:0006R0", "val")]
+    best = read_checkpoint(out / "best.pt")
+    m = best["metrics"]
+    assert m["step"] == 4 and m["camvid_holdout:0006R0_miou"] == pytest.approx(0.40)
+    assert m["camvid_holdout:0006R0_os16_miou"] == pytest.approx(0.30)
+    assert m["camvid_holdout:0006R0_mean_over_strides_miou"] == pytest.approx(0.35)
+    assert best["config"]["output_stride"] == 8       # the checkpoint keeps the first stride
+    assert read_checkpoint(out / "last.pt")["train_state"]["best"] == pytest.approx(0.35)
+    from msaf_core.tools.export import main as export_main
+    assert export_main([str(out), str(tmp_path / "v.pt")]) == 0
+    hist = read_checkpoint(tmp_path / "v.pt")["extra"]["val_history"]
+    assert [(e["step"], e["output_stride"]) for e in hist] == [
+        (s, o) for s in (2, 4) for o in (8, 16) for _ in range(2)]
