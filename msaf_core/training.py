@@ -21,7 +21,8 @@ Presets fill every recipe option left unset:
   10% of the pixels) instead of class weights.
 
 A run writes ``OUT/last.pt`` (resumable: optimiser, step, epoch, RNG), ``OUT/best.pt``
-(best mIoU on the first validation set: the held-out drive where there is one), both
+(best mIoU on the first validation set: the held-out drive where there is one; the mean
+over the output strides where several are trained), both
 self-describing checkpoints, and ``OUT/log.jsonl``.
 """
 
@@ -148,8 +149,10 @@ class TrainConfig:
             raise ValueError(f"loss must be ce or ohem, got {self.loss!r}")
         if (self.seqs or self.holdout_seq) and self.dataset != "camvid":
             raise ValueError("seqs/holdout_seq select CamVid drives")
-        if not self.output_strides or any(o not in (8, 16) for o in self.output_strides):
-            raise ValueError(f"output_strides must be 8 and/or 16, got {self.output_strides!r}")
+        if (not self.output_strides or any(o not in (8, 16) for o in self.output_strides)
+                or len(set(self.output_strides)) != len(self.output_strides)):
+            raise ValueError(f"output_strides must be 8 and/or 16, each once, got "
+                             f"{self.output_strides!r}")
         for name in ("iters", "batch_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -393,7 +396,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     pos: int = 0                  # batches of the current epoch done
-    best: float = -1.0            # best mIoU on the first validation set
+    best: float = -1.0            # best mIoU on the first validation set (mean over strides)
     init: Optional[Dict[str, Any]] = None  # the record of the starting checkpoint
 
 
@@ -416,7 +419,17 @@ def resume_run(path: str, cfg: TrainConfig, proc: Process, model: MSAF,
     if proc.is_main:
         print(f"[msaf-train] resumed {path} at step {ts['step']} (epoch {ts['epoch']}, "
               f"batch {ts['pos']})")
-    return TrainState(ts["step"], ts["epoch"], ts["pos"], ts.get("best", -1.0), ts.get("init"))
+    best = ts.get("best", -1.0)
+    # best.pt's score is the mean over the strides validated; a run saved before that rule,
+    # or resumed with other strides, scored its best another way: best.pt starts over
+    saved_strides = ts.get("best_strides") or (ts.get("args") or {}).get("output_strides", [8])[:1]
+    if best >= 0 and list(saved_strides) != list(cfg.output_strides):
+        if proc.is_main:
+            print(f"[msaf-train] best.pt was chosen at output strides {list(saved_strides)}, "
+                  f"this run validates at {list(cfg.output_strides)}: the next validation "
+                  f"writes best.pt afresh")
+        best = -1.0
+    return TrainState(ts["step"], ts["epoch"], ts["pos"], best, ts.get("init"))
 
 
 def save_last(out: Path, cfg: TrainConfig, proc: Process, model: MSAF,
@@ -431,7 +444,8 @@ def save_last(out: Path, cfg: TrainConfig, proc: Process, model: MSAF,
     if not proc.is_main:
         return
     ts = {"optimizer": opt.state_dict(), "step": st.step, "epoch": st.epoch, "pos": st.pos,
-          "best": st.best, "rng": rngs, "world": proc.world, "args": cfg.record()}
+          "best": st.best, "best_strides": list(cfg.output_strides), "rng": rngs,
+          "world": proc.world, "args": cfg.record()}
     if st.init is not None:
         ts["init"] = st.init
     if scaler.is_enabled():
@@ -490,6 +504,7 @@ def validate_and_save(out: Path, cfg: TrainConfig, model: MSAF, device: torch.de
             msgs.append(f"{name}{at} mIoU {100 * float(res['miou']):.2f}")
             if i == 0:
                 first.append(float(res["miou"]))
+        del seg, eval_model  # one copy at a time (GPU memory)
     miou = sum(first) / len(first)
     msg = f"[msaf-train] step {st.step}: " + ", ".join(msgs)
     if len(strides) > 1:

@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="OS", help="backbone output stride(s): 8 (the paper's), 16 (about "
                    "3x cheaper); several are trained in turn, one per step, so that one set of "
                    "weights runs at each (the first is the checkpoint's default; validation runs "
-                   "at each and best.pt is chosen by their mean mIoU; each step and validation "
-                   "logged in log.jsonl names its output_stride)")
+                   "at each, and best.pt is the best mean over the strides of the first "
+                   "validation set's mIoU; with several, each step and validation logged in "
+                   "log.jsonl names its output_stride)")
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="per process")
     p.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), default=None)
@@ -124,7 +125,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     res = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[msaf-train] done at step {res['step']}: loss {res['losses'].get('loss', float('nan')):.4f}"
-              + (f", best val mIoU {100 * res['best']:.2f}" if res["best"] >= 0 else ""))
+              + (f", best val mIoU {100 * res['best']:.2f}" if res["best"] >= 0 else "")
+              + (" (mean over strides)" if res["best"] >= 0 and len(cfg.output_strides) > 1
+                 else ""))
     return 0
 
 

@@ -190,6 +190,9 @@ def test_train_with_a_held_out_drive_validates_there_first(two_drive_camvid, tmp
     assert [r["eval"] for r in evals] == ["holdout:0006R0", "val"]
     best = read_checkpoint(out / "best.pt")
     assert best["metrics"]["camvid_holdout:0006R0_miou"] == pytest.approx(evals[0]["miou"])
+    # one stride: no stride in the records, no per-stride keys
+    assert all("output_stride" not in r for r in evals)
+    assert not any("_os" in k or "mean_over_strides" in k for k in best["metrics"])
     args = read_checkpoint(out / "last.pt")["train_state"]["args"]
     assert args["holdout_seq"] == ["0006R0"] and args["train_split"] == "train"
     # the 6 frames of 0016E5 are all it trained on: one epoch is 6 clips
@@ -331,6 +334,10 @@ def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive
     with pytest.raises(SystemExit):
         train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "bad"),
                     "--output-strides", "12", *TINY])
+    for twice in (["8", "8"], ["8", "16", "8"]):   # a stride twice: a clear error
+        with pytest.raises(SystemExit, match="each once"):
+            train_main(["--data-root", str(two_drive_camvid), "--out", str(tmp_path / "bad"),
+                        "--output-strides", *twice, *TINY])
 
 
 def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_drive_camvid,
@@ -339,7 +346,15 @@ def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_dr
     weights of that step), and best.pt is chosen by the mean of the first set's mIoU over
     the strides, not by the first stride alone."""
     import msaf_core.evaluation as evaluation
+    import msaf_core.training as training
     real = evaluation.evaluate_stream
+    trained_at = []
+    real_step = training.train_step
+
+    def spy(model, *a, **k):
+        trained_at.append(model.backbone.output_stride)
+        return real_step(model, *a, **k)
+    monkeypatch.setattr(training, "train_step", spy)
     scripted = {  # (validation call, stride) -> mIoU of the held-out drive
         (1, 8): 0.50, (1, 16): 0.10,   # step 2: mean 0.30
         (2, 8): 0.40, (2, 16): 0.30}   # step 4: mean 0.35, better though worse at 8
@@ -348,7 +363,8 @@ def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_dr
     def fake(seg, ds, **k):
         res = real(seg, ds, **k)
         stride = seg.model.cfg.output_stride
-        assert seg.model.backbone.output_stride == stride
+        # the convolutions themselves run at that stride (layer 3 strided only at 16)
+        assert seg.model.backbone.layer3[0].conv1.stride == ((2, 2) if stride == 16 else (1, 1))
         if all(name.startswith("0006R0") for _, _, name in ds.items):
             if stride == 8:
                 calls["n"] += 1
@@ -368,9 +384,45 @@ def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_dr
     assert m["camvid_holdout:0006R0_os16_miou"] == pytest.approx(0.30)
     assert m["camvid_holdout:0006R0_mean_over_strides_miou"] == pytest.approx(0.35)
     assert best["config"]["output_stride"] == 8       # the checkpoint keeps the first stride
+    assert "camvid_val_os16_miou" in m
     assert read_checkpoint(out / "last.pt")["train_state"]["best"] == pytest.approx(0.35)
+    assert trained_at == [8, 16, 8, 16]             # validation left the training model alone
     from msaf_core.tools.export import main as export_main
     assert export_main([str(out), str(tmp_path / "v.pt")]) == 0
     hist = read_checkpoint(tmp_path / "v.pt")["extra"]["val_history"]
     assert [(e["step"], e["output_stride"]) for e in hist] == [
         (s, o) for s in (2, 4) for o in (8, 16) for _ in range(2)]
+
+
+def test_resuming_with_other_strides_chooses_best_pt_afresh(two_drive_camvid, tmp_path,
+                                                           monkeypatch, capsys):
+    """A best scored at one set of strides does not compare with a mean over others: a run
+    resumed with other --output-strides (or saved before best.pt took the mean) writes
+    best.pt at its next validation, even with a lower score."""
+    import msaf_core.evaluation as evaluation
+    real = evaluation.evaluate_stream
+    score = {"v": 0.9}
+
+    def fake(seg, ds, **k):
+        res = real(seg, ds, **k)
+        res["miou"] = score["v"]
+        return res
+    monkeypatch.setattr(evaluation, "evaluate_stream", fake)
+    out = tmp_path / "r"
+    base = ["--data-root", str(two_drive_camvid), "--out", str(out), "--eval-every", "2",
+            "--heads", "2", "--holdout-seq", "0006R0", *TINY]
+    assert train_main([*base, "--iters", "2"]) == 0
+    assert read_checkpoint(out / "best.pt")["metrics"]["step"] == 2
+    score["v"] = 0.2
+    assert train_main([*base, "--iters", "4", "--output-strides", "8", "16", "--resume", "auto",
+                       "--allow-changed-recipe"]) == 0
+    assert "writes best.pt afresh" in capsys.readouterr().out
+    best = read_checkpoint(out / "best.pt")
+    assert best["metrics"]["step"] == 4
+    assert best["metrics"]["camvid_holdout:0006R0_mean_over_strides_miou"] == pytest.approx(0.2)
+    # the same strides again: the best carries over, and a lower score leaves best.pt alone
+    score["v"] = 0.1
+    assert train_main([*base, "--iters", "6", "--output-strides", "8", "16", "--resume", "auto",
+                       "--allow-changed-recipe"]) == 0
+    assert "afresh" not in capsys.readouterr().out
+    assert read_checkpoint(out / "best.pt")["metrics"]["step"] == 4
