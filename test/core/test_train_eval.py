@@ -305,11 +305,8 @@ def test_msaf_eval_cli(mini_camvid, tiny_checkpoint, tmp_path):
     assert eval_main(["--data-root", str(mini_camvid), "--checkpoint", str(tmp_path / "x.pt")]) == 1
 
 
-def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive_camvid,
-                                                                        tmp_path, monkeypatch):
-    """--output-strides 8 16 trains the steps at 8, 16, 8, ... on one set of weights, and
-    log.jsonl says which stride each logged step ran at; the checkpoint is the model at the
-    first stride, and its record lists both."""
+def _spy_train_strides(monkeypatch):
+    """The output stride of the model at each training step, recorded as the run goes."""
     import msaf_core.training as training
     seen = []
     real = training.train_step
@@ -318,6 +315,15 @@ def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive
         seen.append(model.backbone.output_stride)
         return real(model, *a, **k)
     monkeypatch.setattr(training, "train_step", spy)
+    return seen
+
+
+def test_training_at_two_output_strides_alternates_and_keeps_the_first(two_drive_camvid,
+                                                                        tmp_path, monkeypatch):
+    """--output-strides 8 16 trains the steps at 8, 16, 8, ... on one set of weights, and
+    log.jsonl says which stride each logged step ran at; the checkpoint is the model at the
+    first stride, and its record lists both."""
+    seen = _spy_train_strides(monkeypatch)
     out = tmp_path / "os"
     assert train_main(["--data-root", str(two_drive_camvid), "--out", str(out), "--iters", "3",
                        "--eval-every", "0", "--heads", "2", "--output-strides", "8", "16",
@@ -346,15 +352,8 @@ def test_two_stride_validation_scores_each_stride_and_keeps_the_best_mean(two_dr
     weights of that step), and best.pt is chosen by the mean of the first set's mIoU over
     the strides, not by the first stride alone."""
     import msaf_core.evaluation as evaluation
-    import msaf_core.training as training
     real = evaluation.evaluate_stream
-    trained_at = []
-    real_step = training.train_step
-
-    def spy(model, *a, **k):
-        trained_at.append(model.backbone.output_stride)
-        return real_step(model, *a, **k)
-    monkeypatch.setattr(training, "train_step", spy)
+    trained_at = _spy_train_strides(monkeypatch)
     scripted = {  # (validation call, stride) -> mIoU of the held-out drive
         (1, 8): 0.50, (1, 16): 0.10,   # step 2: mean 0.30
         (2, 8): 0.40, (2, 16): 0.30}   # step 4: mean 0.35, better though worse at 8
